@@ -1,0 +1,9 @@
+"""HTTP routers, one per resource, gathered in `api_router`."""
+
+from fastapi import APIRouter
+
+from app.api import health, jobs
+
+api_router = APIRouter()
+api_router.include_router(health.router)
+api_router.include_router(jobs.router)

@@ -1,0 +1,15 @@
+from fastapi import APIRouter
+from sqlalchemy import text
+
+from app import __version__
+from app.db import SessionDep
+from app.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz(session: SessionDep) -> Health:
+    """Liveness and database reachability."""
+    session.execute(text("SELECT 1"))
+    return Health(status="ok", database="ok", version=__version__)

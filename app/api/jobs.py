@@ -1,0 +1,139 @@
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.responses import FileResponse, PlainTextResponse
+
+from app import jobs as job_queries
+from app.broker import send_run_job
+from app.config import get_settings
+from app.db import SessionDep
+from app.models import EPOCH_METRICS, Job, JobStatus
+from app.plots import render_history_png
+from app.schemas import EpochOut, JobOut, JobPage, JobSpec
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+log = logging.getLogger(__name__)
+
+NOT_FOUND = {404: {"description": "No job with this id."}}
+
+
+def _job_or_404(session: SessionDep, job_id: int) -> Job:
+    job = job_queries.get_job(session, job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    return job
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut)
+def submit_job(spec: JobSpec, session: SessionDep) -> JobOut:
+    """Submit a training job; it is queued and runs when a worker takes it."""
+    job = job_queries.create_job(session, spec)
+    try:
+        send_run_job(job.id)
+    except Exception:  # the row is committed: a worker's reconciler re-sends it
+        log.exception("job %s stored but not sent to the broker", job.id)
+    return job_queries.to_out(session, job)
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    session: SessionDep,
+    status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobPage:
+    """List jobs, newest first, optionally only those in one status."""
+    jobs, total = job_queries.list_jobs(session, status_filter, limit, offset)
+    items = [job_queries.to_out(session, job) for job in jobs]
+    return JobPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
+def get_job(job_id: int, session: SessionDep) -> JobOut:
+    """One job: status, spec, timestamps, attempt, last epoch and failure reason."""
+    return job_queries.to_out(session, _job_or_404(session, job_id))
+
+
+@router.get(
+    "/{job_id}/metrics",
+    response_model=list[EpochOut],
+    responses={**NOT_FOUND, 200: {"content": {"text/csv": {}}}},
+)
+def get_metrics(
+    job_id: int,
+    session: SessionDep,
+    format: Annotated[Literal["json", "csv"], Query()] = "json",
+) -> list[EpochOut] | Response:
+    """The job's epoch history, as JSON or (`?format=csv`) CSV."""
+    _job_or_404(session, job_id)
+    epochs = [EpochOut.model_validate(e) for e in job_queries.list_epochs(session, job_id)]
+    if format == "json":
+        return epochs
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["epoch", *EPOCH_METRICS])
+    for e in epochs:
+        writer.writerow([e.epoch, *(getattr(e, name) for name in EPOCH_METRICS)])
+    return Response(
+        buffer.getvalue(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="job-{job_id}-metrics.csv"'},
+    )
+
+
+@router.get(
+    "/{job_id}/plot.png",
+    response_class=Response,
+    responses={**NOT_FOUND, 200: {"content": {"image/png": {}}}},
+)
+def get_plot(job_id: int, session: SessionDep) -> Response:
+    """The seed's loss/accuracy chart of the epochs recorded so far, as PNG."""
+    job = _job_or_404(session, job_id)
+    png = render_history_png(
+        job_queries.list_epochs(session, job_id), job.spec["model"], job.spec["dataset"]
+    )
+    return Response(png, media_type="image/png")
+
+
+@router.get("/{job_id}/logs", response_class=PlainTextResponse, responses=NOT_FOUND)
+def get_logs(
+    job_id: int, session: SessionDep, tail: Annotated[int | None, Query(ge=1)] = None
+) -> PlainTextResponse:
+    """The trainer's log (its stderr), whole or its last `tail` lines."""
+    _job_or_404(session, job_id)
+    path = get_settings().job_dir(job_id) / "train.log"
+    text = path.read_text(errors="replace") if path.exists() else ""
+    if tail is not None:
+        text = "".join(text.splitlines(keepends=True)[-tail:])
+    return PlainTextResponse(text)
+
+
+@router.get(
+    "/{job_id}/model",
+    response_class=FileResponse,
+    responses={**NOT_FOUND, 409: {"description": "The job has no trained model yet."}},
+)
+def get_model(job_id: int, session: SessionDep) -> FileResponse:
+    """Download the trained model (`.keras`) of a succeeded job."""
+    job = _job_or_404(session, job_id)
+    path: Path = get_settings().job_dir(job_id) / "model.keras"
+    if job.status != JobStatus.succeeded or not path.exists():
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has no model: {job.status}")
+    return FileResponse(path, filename=f"job-{job_id}.keras")
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    responses={**NOT_FOUND, 409: {"description": "The job had already ended."}},
+)
+def cancel_job(job_id: int, session: SessionDep) -> JobOut:
+    """Cancel a job: a queued one at once, a running one within seconds (its processes end)."""
+    job = _job_or_404(session, job_id)
+    if not job_queries.request_cancel(session, job):
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job.status}")
+    return job_queries.to_out(session, job)

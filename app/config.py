@@ -1,0 +1,84 @@
+"""One settings object for the API, the worker and the CLI, read from TRAINYARD_* variables."""
+
+from __future__ import annotations
+
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("trainyard", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with the embedded defaults (SQLite, no broker server)."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore")
+
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where the database file, the embedded broker and every job's folder live.",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL; empty means a SQLite file under the data directory.",
+    )
+    broker_url: str = Field(
+        default="",
+        description="Celery broker URL; empty means the embedded filesystem transport "
+        "under the data directory (no server).",
+    )
+    queue: str = Field(
+        default="trainyard",
+        description="Celery queue the API sends jobs to and workers consume.",
+    )
+    worker_concurrency: int = Field(
+        default=1, ge=1, le=64, description="Jobs one worker runs at once."
+    )
+    worker_name: str = Field(
+        default_factory=socket.gethostname, description="This worker host's name."
+    )
+    cancel_grace_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds between SIGTERM and SIGKILL when a run is cancelled or stopped.",
+    )
+    log_tail_lines: int = Field(
+        default=20, ge=1, description="Lines of the trainer's stderr kept in a failure message."
+    )
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'trainyard.db'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        return self
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def broker_dir(self) -> Path:
+        """Folder of the embedded filesystem transport's messages."""
+        return self.data_dir / "broker"
+
+    def job_dir(self, job_id: int) -> Path:
+        return self.jobs_dir / str(job_id)
+
+    def ensure_dirs(self) -> None:
+        for path in (self.data_dir, self.jobs_dir, self.broker_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,95 @@
+"""Queries on jobs and epochs used by the API: routes stay thin and call these."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.models import TERMINAL_STATUSES, Epoch, FailureReason, Job, JobStatus, utcnow
+from app.schemas import EpochOut, JobOut, JobSpec
+
+
+def create_job(session: Session, spec: JobSpec) -> Job:
+    job = Job(name=spec.name, status=JobStatus.queued, spec=spec.model_dump(), attempt=0)
+    session.add(job)
+    session.commit()
+    return job
+
+
+def get_job(session: Session, job_id: int) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def list_jobs(
+    session: Session, status: JobStatus | None, limit: int, offset: int
+) -> tuple[list[Job], int]:
+    query = select(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    jobs = session.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset)).all()
+    return list(jobs), total
+
+
+def list_epochs(session: Session, job_id: int) -> list[Epoch]:
+    return list(session.scalars(select(Epoch).where(Epoch.job_id == job_id).order_by(Epoch.epoch)))
+
+
+def last_epoch(session: Session, job_id: int) -> Epoch | None:
+    return session.scalar(
+        select(Epoch).where(Epoch.job_id == job_id).order_by(Epoch.epoch.desc()).limit(1)
+    )
+
+
+def to_out(session: Session, job: Job) -> JobOut:
+    last = last_epoch(session, job.id)
+    return JobOut(
+        id=job.id,
+        name=job.name,
+        status=JobStatus(job.status),
+        spec=job.spec,
+        attempt=job.attempt,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        worker=job.worker,
+        replicas=job.replicas,
+        current_epoch=last.epoch if last else None,
+        last_metrics=EpochOut.model_validate(last) if last else None,
+        cancel_requested=job.cancel_requested_at is not None,
+        failure_reason=job.failure_reason,
+        failure_message=job.failure_message,
+    )
+
+
+def request_cancel(session: Session, job: Job) -> bool:
+    """Cancel a queued job at once, or flag a running one for its supervisor.
+
+    Returns False when the job had already ended. Both updates are conditional on the
+    status read, so a cancel racing a claim or a finish never overwrites either.
+    """
+    now = utcnow()
+    queued = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == JobStatus.queued)
+        .values(
+            status=JobStatus.cancelled,
+            finished_at=now,
+            cancel_requested_at=now,
+            failure_reason=FailureReason.cancelled,
+            failure_message="cancelled before it started",
+        )
+    )
+    if queued.rowcount == 0:
+        session.execute(
+            update(Job)
+            .where(
+                Job.id == job.id,
+                Job.status == JobStatus.running,
+                Job.cancel_requested_at.is_(None),
+            )
+            .values(cancel_requested_at=now)
+        )
+    session.commit()
+    session.refresh(job)
+    return job.status not in TERMINAL_STATUSES or job.failure_reason == FailureReason.cancelled

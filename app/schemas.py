@@ -1,0 +1,87 @@
+"""Request and response bodies: what the API accepts (strictly) and what it returns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.models import JobStatus
+
+DatasetName = Literal["digits", "synthetic", "cifar10"]
+
+
+class JobSpec(BaseModel):
+    """A training job as submitted: unknown fields, wrong types and out-of-range values are 422."""
+
+    # strict: "3" is not an int and true is not a number; a lab's script gets told, not guessed at.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str | None = Field(default=None, max_length=200, description="A label for people.")
+    model: Literal["minigooglenet"] = Field(default="minigooglenet", description="Architecture.")
+    dataset: DatasetName = Field(default="cifar10", description="Training data.")
+    gpus: int = Field(default=1, ge=0, le=64, description="GPUs to train on; 0 trains on the CPU.")
+    cpu_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="Split the CPU into this many replicas (hosts without GPUs, tests); "
+        "needs gpus = 0.",
+    )
+    epochs: int = Field(default=70, ge=1, le=1000, description="Passes over the training data.")
+    lr: float = Field(default=0.005, gt=0, le=10, description="Initial learning rate.")
+    batch_size: int = Field(default=64, ge=1, le=4096, description="Images per replica per step.")
+    momentum: float = Field(default=0.9, ge=0, le=1, description="SGD momentum.")
+
+    @model_validator(mode="after")
+    def _one_kind_of_replica(self) -> JobSpec:
+        if self.cpu_replicas and self.gpus:
+            raise ValueError("cpu_replicas needs gpus = 0: a job trains on GPUs or on the CPU")
+        return self
+
+
+class EpochOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    epoch: int
+    loss: float | None
+    accuracy: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+    lr: float | None
+    seconds: float | None
+    replicas: int | None
+    attempt: int
+    recorded_at: datetime
+
+
+class JobOut(BaseModel):
+    id: int
+    name: str | None
+    status: JobStatus
+    spec: dict[str, Any]
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str | None
+    replicas: int | None
+    current_epoch: int | None = Field(description="Last completed epoch, if any.")
+    last_metrics: EpochOut | None = Field(description="Metrics of the last completed epoch.")
+    cancel_requested: bool
+    failure_reason: str | None
+    failure_message: str | None
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: Literal["ok"]
+    version: str

@@ -1,0 +1,49 @@
+"""Alembic environment: the URL comes from Trainyard's settings, the metadata from app.models."""
+
+from alembic import context
+from sqlalchemy import Connection
+
+from app.db import make_engine
+from app.config import get_settings
+from app.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _url() -> str:
+    return config.get_main_option("sqlalchemy.url") or get_settings().database_url
+
+
+def _configure(connection: Connection) -> None:
+    # render_as_batch lets ALTERs run on SQLite, which cannot alter most constraints in place.
+    context.configure(
+        connection=connection, target_metadata=target_metadata, render_as_batch=True
+    )
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connectable = config.attributes.get("connection")
+    if connectable is not None:
+        _configure(connectable)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = make_engine(_url())
+    with engine.connect() as connection:
+        _configure(connection)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,228 @@
+"""The jobs API over HTTP (FastAPI's TestClient), on SQLite and on PostgreSQL.
+
+No worker runs here: submitted jobs stay queued; run-side writes go through worker.runs,
+the functions a real worker uses.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from app.db import get_session_factory
+from app.main import app
+from app.models import Job, JobStatus
+from worker import runs
+
+
+@pytest.fixture
+def client(db: Path) -> TestClient:
+    return TestClient(app)
+
+
+def job_count() -> int:
+    with get_session_factory()() as session:
+        return session.scalar(select(func.count()).select_from(Job)) or 0
+
+
+def run_epochs(job_id: int, epochs: int) -> int:
+    """Claim the job as a worker would and record `epochs` epochs; returns the attempt."""
+    with get_session_factory()() as session:
+        claim = runs.claim(session, job_id, "test-host")
+        assert claim is not None
+        for epoch in range(1, epochs + 1):
+            event = {
+                "epoch": epoch,
+                "loss": 2.0 / epoch,
+                "accuracy": 0.2 * epoch,
+                "val_loss": 2.5 / epoch,
+                "val_accuracy": 0.15 * epoch,
+                "lr": 0.005 * (1 - (epoch - 1) / epochs),
+                "seconds": 1.5,
+                "replicas": 1,
+            }
+            assert runs.record_epoch(session, job_id, claim.attempt, event)
+        return claim.attempt
+
+
+def test_submit_returns_the_stored_job_with_defaults(client: TestClient) -> None:
+    response = client.post("/jobs", json={"dataset": "digits", "epochs": 3, "gpus": 0})
+    assert response.status_code == 201
+    job = response.json()
+    assert job["status"] == "queued"
+    assert job["attempt"] == 0
+    assert job["spec"] == {
+        "name": None,
+        "model": "minigooglenet",
+        "dataset": "digits",
+        "gpus": 0,
+        "cpu_replicas": 0,
+        "epochs": 3,
+        "lr": 0.005,
+        "batch_size": 64,
+        "momentum": 0.9,
+    }
+    assert datetime.fromisoformat(job["created_at"]).tzinfo is not None
+    assert client.get(f"/jobs/{job['id']}").json() == job
+    assert job_count() == 1
+
+
+def test_seed_defaults_apply_to_an_empty_spec(client: TestClient) -> None:
+    spec = client.post("/jobs", json={}).json()["spec"]
+    assert (spec["gpus"], spec["epochs"], spec["lr"], spec["batch_size"]) == (1, 70, 0.005, 64)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"epochs": 1001}, "epochs"),
+        ({"gpus": -1}, "gpus"),
+        ({"gpus": True}, "gpus"),
+        ({"lr": "fast"}, "lr"),
+        ({"lr": 0}, "lr"),
+        ({"lr": 10.5}, "lr"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 4097}, "batch_size"),
+        ({"momentum": 1.5}, "momentum"),
+        ({"dataset": "imagenet"}, "dataset"),
+        ({"model": "resnet"}, "model"),
+        ({"epochs": "3"}, "epochs"),
+        ({"foo": 1}, "foo"),
+    ],
+)
+def test_bad_spec_is_422_naming_the_field_and_stores_nothing(
+    client: TestClient, body: dict[str, Any], field: str
+) -> None:
+    response = client.post("/jobs", json=body)
+    assert response.status_code == 422
+    assert [error["loc"] for error in response.json()["detail"]] == [["body", field]]
+    assert job_count() == 0
+
+
+def test_cpu_replicas_with_gpus_is_422(client: TestClient) -> None:
+    response = client.post("/jobs", json={"gpus": 1, "cpu_replicas": 2})
+    assert response.status_code == 422
+    assert "cpu_replicas needs gpus = 0" in response.text
+    assert job_count() == 0
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'{"epochs": 3'])
+def test_body_that_is_not_a_json_object_is_422(client: TestClient, body: bytes) -> None:
+    response = client.post("/jobs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][0] == "body"
+    assert job_count() == 0
+
+
+def test_unknown_job_is_404(client: TestClient) -> None:
+    for path in ("/jobs/99", "/jobs/99/metrics", "/jobs/99/plot.png", "/jobs/99/logs"):
+        assert client.get(path).status_code == 404, path
+    assert client.post("/jobs/99/cancel").status_code == 404
+
+
+def test_list_is_newest_first_filtered_and_paginated(client: TestClient) -> None:
+    ids = [client.post("/jobs", json={"name": f"j{i}"}).json()["id"] for i in range(5)]
+    client.post(f"/jobs/{ids[1]}/cancel")
+    page = client.get("/jobs", params={"limit": 2}).json()
+    assert [job["id"] for job in page["items"]] == [ids[4], ids[3]]
+    assert page["total"] == 5
+    second = client.get("/jobs", params={"limit": 2, "offset": 2}).json()
+    assert [job["id"] for job in second["items"]] == [ids[2], ids[1]]
+    cancelled = client.get("/jobs", params={"status": "cancelled"}).json()
+    assert [job["id"] for job in cancelled["items"]] == [ids[1]]
+    bad = client.get("/jobs", params={"status": "done"})
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == ["query", "status"]
+    assert client.get("/jobs", params={"limit": 0}).status_code == 422
+
+
+def test_metrics_json_csv_and_job_progress(client: TestClient) -> None:
+    job_id = client.post("/jobs", json={"dataset": "synthetic", "epochs": 3}).json()["id"]
+    attempt = run_epochs(job_id, 3)
+    metrics = client.get(f"/jobs/{job_id}/metrics").json()
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[1]["loss"] == pytest.approx(1.0)
+    assert all(m["attempt"] == attempt for m in metrics)
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "running"
+    assert job["current_epoch"] == 3
+    assert job["last_metrics"]["val_accuracy"] == pytest.approx(0.45)
+    response = client.get(f"/jobs/{job_id}/metrics", params={"format": "csv"})
+    assert response.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
+    assert set(rows[0]) >= {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"}
+    assert client.get(f"/jobs/{job_id}/metrics", params={"format": "xml"}).status_code == 422
+
+
+def test_plot_is_a_png_before_and_during_a_run(client: TestClient) -> None:
+    job_id = client.post("/jobs", json={"dataset": "digits"}).json()["id"]
+    empty = client.get(f"/jobs/{job_id}/plot.png")
+    assert empty.status_code == 200
+    assert empty.headers["content-type"] == "image/png"
+    assert empty.content.startswith(b"\x89PNG\r\n\x1a\n")
+    run_epochs(job_id, 2)
+    drawn = client.get(f"/jobs/{job_id}/plot.png")
+    assert drawn.content.startswith(b"\x89PNG\r\n\x1a\n")
+    assert drawn.content != empty.content
+
+
+def test_cancel_queued_job_is_immediate_and_final(client: TestClient) -> None:
+    job_id = client.post("/jobs", json={}).json()["id"]
+    response = client.post(f"/jobs/{job_id}/cancel")
+    assert response.status_code == 200
+    job = response.json()
+    assert job["status"] == "cancelled"
+    assert job["failure_reason"] == "cancelled"
+    assert job["finished_at"] is not None
+    # A worker that receives the job afterwards must not run it.
+    with get_session_factory()() as session:
+        assert runs.claim(session, job_id, "late-worker") is None
+    assert client.post(f"/jobs/{job_id}/cancel").status_code == 200  # idempotent
+
+
+def test_cancel_running_job_flags_it_for_its_supervisor(client: TestClient) -> None:
+    job_id = client.post("/jobs", json={}).json()["id"]
+    attempt = run_epochs(job_id, 1)
+    job = client.post(f"/jobs/{job_id}/cancel").json()
+    assert job["status"] == "running"
+    assert job["cancel_requested"] is True
+    with get_session_factory()() as session:
+        assert runs.heartbeat(session, job_id, attempt) == (True, True)
+
+
+def test_cancel_of_a_finished_job_is_409(client: TestClient) -> None:
+    job_id = client.post("/jobs", json={}).json()["id"]
+    attempt = run_epochs(job_id, 1)
+    with get_session_factory()() as session:
+        assert runs.finish(session, job_id, attempt, JobStatus.succeeded)
+    response = client.post(f"/jobs/{job_id}/cancel")
+    assert response.status_code == 409
+    assert client.get(f"/jobs/{job_id}").json()["status"] == "succeeded"
+
+
+def test_logs_and_model(client: TestClient, db: Path) -> None:
+    job_id = client.post("/jobs", json={}).json()["id"]
+    assert client.get(f"/jobs/{job_id}/logs").text == ""
+    assert client.get(f"/jobs/{job_id}/model").status_code == 409
+    folder = db / "jobs" / str(job_id)
+    folder.mkdir(parents=True)
+    (folder / "train.log").write_text("".join(f"line {i}\n" for i in range(10)))
+    assert client.get(f"/jobs/{job_id}/logs", params={"tail": 2}).text == "line 8\nline 9\n"
+
+
+def test_healthz_and_openapi_describe_every_route(client: TestClient) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, methods in paths.items():
+        for method, operation in methods.items():
+            assert operation.get("description") or operation.get("summary"), (path, method)
+    assert "/jobs/{job_id}/plot.png" in paths

@@ -1,0 +1,27 @@
+"""The worker's Celery application: the shared broker configuration plus the task module.
+
+Start it with `trainyard worker` (or `celery -A worker.celery_app worker`); it never
+imports TensorFlow, which lives only in the trainer's child process.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from celery.signals import worker_shutting_down
+
+from app.broker import make_celery
+from app.config import get_settings
+
+celery = make_celery(get_settings())
+celery.conf.include = ["worker.tasks"]
+
+# Set when the worker begins to shut down: running supervisors stop their trainers and
+# give their jobs back to the queue instead of holding the shutdown for hours.
+shutdown_event = threading.Event()
+
+
+@worker_shutting_down.connect
+def _on_worker_shutting_down(**_: Any) -> None:
+    shutdown_event.set()

@@ -1,0 +1,267 @@
+"""Runs one claimed job: the trainer as a child process, its events into the database.
+
+The trainer (`python -m worker.training`) runs in its own process group so that a cancel
+or a shutdown can end it and everything it started; it reads our end of a pipe on stdin
+and exits if we die, so it never outlives its supervisor. It speaks one JSON object per
+line on stdout; its stderr is the job's `train.log`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.models import FailureReason, JobStatus
+from worker import runs
+from worker.trainer_config import trainer_config
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 1.0
+_EOF = object()
+
+
+@dataclass
+class RunOutcome:
+    """What the trainer said and did, gathered while it runs."""
+
+    finished: bool = False
+    failure: dict[str, Any] | None = None
+    cancelled: bool = False
+    stopped_for_shutdown: bool = False
+    lost_ownership: bool = False
+    last_epoch: int = 0
+    protocol_errors: list[str] = field(default_factory=list)
+
+
+def trainer_command(config_path: Path, workdir: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "worker.training",
+        "--json",
+        "--exit-on-stdin-eof",
+        "--config",
+        str(config_path),
+        "--workdir",
+        str(workdir),
+    ]
+
+
+def _read_lines(stream: IO[str], lines: queue.Queue[object]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(_EOF)
+
+
+def end_process_group(process: subprocess.Popen[str], grace_seconds: float) -> None:
+    """SIGTERM the trainer's process group, SIGKILL it after the grace period, and return
+    only once no process of the group is left."""
+    pgid = process.pid  # start_new_session: the child leads its own group
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        pass
+    wait_group_gone(pgid, grace_seconds, process)
+
+
+def wait_group_gone(pgid: int, grace_seconds: float, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + grace_seconds
+    while True:
+        process.poll()  # reap the leader so that it does not linger as a zombie
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        if time.monotonic() > deadline:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+        time.sleep(0.05)
+
+
+def _tail(path: Path, lines: int) -> str:
+    if not path.exists():
+        return ""
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - 64 * 1024))
+        text = handle.read().decode(errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class JobSupervisor:
+    """Supervises one attempt of one job; `run()` returns once the job is settled."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: Callable[[], Session],
+        claim: runs.Claim,
+        shutdown: threading.Event,
+    ) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.claim = claim
+        self.shutdown = shutdown
+        self.workdir = settings.job_dir(claim.job_id)
+        self.log_path = self.workdir / "train.log"
+        self.outcome = RunOutcome()
+
+    # -- database, one short session per write --------------------------------------------
+    def _db(self, write: Callable[..., Any], *args: Any) -> Any:
+        with self.session_factory() as session:
+            return write(session, self.claim.job_id, self.claim.attempt, *args)
+
+    def run(self) -> RunOutcome:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config_path = self.workdir / "config.json"
+        config_path.write_text(json.dumps(trainer_config(self.claim.spec, self.settings), indent=2))
+        env = {**os.environ, "TRAINYARD_DATA_DIR": str(self.settings.data_dir)}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+        with self.log_path.open("a") as stderr:
+            stderr.write(
+                f"=== attempt {self.claim.attempt} on {self.settings.worker_name} "
+                f"at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ===\n"
+            )
+            stderr.flush()
+            process = subprocess.Popen(
+                trainer_command(config_path, self.workdir),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=env,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
+        try:
+            self._follow(process)
+        finally:
+            # Whatever happened above, no process of this run survives it.
+            end_process_group(process, self.settings.cancel_grace_seconds)
+            if process.stdin:
+                process.stdin.close()
+        self._settle(process.returncode)
+        return self.outcome
+
+    def _follow(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        lines: queue.Queue[object] = queue.Queue()
+        reader = threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True)
+        reader.start()
+        next_heartbeat = 0.0
+        while True:
+            try:
+                line = lines.get(timeout=0.25)
+            except queue.Empty:
+                line = None
+            if line is _EOF:
+                process.wait()
+                return
+            if isinstance(line, str) and line.strip():
+                self._on_line(line)
+            if self.shutdown.is_set():
+                self.outcome.stopped_for_shutdown = True
+                return
+            if time.monotonic() >= next_heartbeat:
+                owned, cancel = self._db(runs.heartbeat)
+                next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+                if not owned:
+                    self.outcome.lost_ownership = True
+                    return
+                if cancel:
+                    self.outcome.cancelled = True
+                    return
+
+    def _on_line(self, line: str) -> None:
+        try:
+            event = json.loads(line)
+            kind = event["event"]
+        except (ValueError, KeyError, TypeError):
+            self.outcome.protocol_errors.append(line[:200])
+            log.warning("job %s: not an event: %r", self.claim.job_id, line[:200])
+            return
+        if kind == "started":
+            self._db(runs.record_started, int(event.get("replicas") or 0))
+        elif kind == "epoch":
+            if self._db(runs.record_epoch, event):
+                self.outcome.last_epoch = max(self.outcome.last_epoch, int(event["epoch"]))
+            else:
+                self.outcome.lost_ownership = True
+        elif kind == "finished":
+            self.outcome.finished = True
+        elif kind == "failed":
+            self.outcome.failure = event
+
+    def _settle(self, returncode: int | None) -> None:
+        outcome = self.outcome
+        job_id = self.claim.job_id
+        if outcome.lost_ownership:
+            log.warning("job %s attempt %s: the job moved on; run dropped", job_id, self.claim.attempt)
+            return
+        if outcome.cancelled:
+            message = f"cancelled on request after epoch {outcome.last_epoch}"
+            self._db(runs.finish, JobStatus.cancelled, FailureReason.cancelled, message)
+        elif outcome.stopped_for_shutdown:
+            if self._db(runs.requeue):
+                log.info("job %s requeued: worker shutting down", job_id)
+        elif outcome.finished and returncode == 0:
+            self._db(runs.finish, JobStatus.succeeded)
+        else:
+            reason, message = self._failure(returncode)
+            self._db(runs.finish, JobStatus.failed, reason, message)
+
+    def _failure(self, returncode: int | None) -> tuple[FailureReason, str]:
+        tail = _tail(self.log_path, self.settings.log_tail_lines)
+        failure = self.outcome.failure
+        if failure is not None:
+            try:
+                reason = FailureReason(failure.get("reason"))
+            except ValueError:
+                reason = FailureReason.internal
+            message = str(failure.get("message") or "training failed")
+        elif returncode is not None and returncode == -signal.SIGKILL:
+            reason = FailureReason.oom
+            message = "the trainer was killed (SIGKILL), most often by the kernel's OOM killer"
+        else:
+            reason = FailureReason.internal
+            message = f"the trainer exited with status {returncode} without reporting why"
+        if reason != FailureReason.user_error and tail:
+            message = f"{message}\n--- last lines of train.log ---\n{tail}"
+        return reason, message
+
+
+def run_job(
+    settings: Settings,
+    session_factory: Callable[[], Session],
+    job_id: int,
+    shutdown: threading.Event,
+) -> RunOutcome | None:
+    """Claim job `job_id` and run it to the end; None when it was not queued (a duplicate)."""
+    with session_factory() as session:
+        claim = runs.claim(session, job_id, settings.worker_name)
+    if claim is None:
+        log.info("job %s is not queued: delivery dropped", job_id)
+        return None
+    log.info("job %s attempt %s: starting the trainer", job_id, claim.attempt)
+    return JobSupervisor(settings, session_factory, claim, shutdown).run()
