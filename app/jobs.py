@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from app.db import rows_changed
 from app.models import TERMINAL_STATUSES, Epoch, FailureReason, Job, JobStatus, utcnow
 from app.schemas import EpochOut, JobOut, JobSpec
 
@@ -80,7 +81,7 @@ def request_cancel(session: Session, job: Job) -> bool:
             failure_message="cancelled before it started",
         )
     )
-    if queued.rowcount == 0:
+    if rows_changed(queued) == 0:
         session.execute(
             update(Job)
             .where(

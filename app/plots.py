@@ -9,10 +9,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: the API has no display
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
-from app.models import Epoch  # noqa: E402
+from app.models import Epoch
 
 DATASET_TITLES = {"cifar10": "CIFAR-10", "digits": "digits", "synthetic": "synthetic data"}
 MODEL_TITLES = {"minigooglenet": "MiniGoogLeNet"}
@@ -21,13 +21,18 @@ MODEL_TITLES = {"minigooglenet": "MiniGoogLeNet"}
 def render_history_png(epochs: Sequence[Epoch], model: str, dataset: str) -> bytes:
     """train_loss, val_loss, train_acc and val_acc per epoch, as in the seed's train.py."""
     numbers = [e.epoch for e in epochs]
+
+    def series(name: str) -> list[float]:
+        # A metric the trainer did not report is a gap in the line, not a crash.
+        return [float("nan") if getattr(e, name) is None else getattr(e, name) for e in epochs]
+
     with plt.style.context("ggplot"):
         figure = Figure(figsize=(6.4, 4.8))
         axes = figure.subplots()
-        axes.plot(numbers, [e.loss for e in epochs], label="train_loss")
-        axes.plot(numbers, [e.val_loss for e in epochs], label="val_loss")
-        axes.plot(numbers, [e.accuracy for e in epochs], label="train_acc")
-        axes.plot(numbers, [e.val_accuracy for e in epochs], label="val_acc")
+        axes.plot(numbers, series("loss"), label="train_loss")
+        axes.plot(numbers, series("val_loss"), label="val_loss")
+        axes.plot(numbers, series("accuracy"), label="train_acc")
+        axes.plot(numbers, series("val_accuracy"), label="val_acc")
         title = f"{MODEL_TITLES.get(model, model)} on {DATASET_TITLES.get(dataset, dataset)}"
         axes.set_title(title)
         axes.set_xlabel("Epoch #")

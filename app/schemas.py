@@ -33,6 +33,24 @@ class JobSpec(BaseModel):
     lr: float = Field(default=0.005, gt=0, le=10, description="Initial learning rate.")
     batch_size: int = Field(default=64, ge=1, le=4096, description="Images per replica per step.")
     momentum: float = Field(default=0.9, ge=0, le=1, description="SGD momentum.")
+    augment: bool = Field(
+        default=True, description="The seed's shifts (0.1, nearest fill) and horizontal flips."
+    )
+    lr_power: float = Field(
+        default=1.0, gt=0, le=10, description="Power of the poly LR decay (1: the seed's linear)."
+    )
+    lr_scaling: Literal["none", "linear"] = Field(
+        default="none",
+        description='"linear": initial LR x replicas after a short warm-up; "none": as the seed.',
+    )
+    mixed_precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="auto: float16 on GPUs that support it, bfloat16 on CPUs with AMX or "
+        "AVX-512 BF16, float32 elsewhere.",
+    )
+    seed: int | None = Field(
+        default=None, ge=0, le=2**31 - 1, description="Fixes initialisation and shuffling."
+    )
 
     @model_validator(mode="after")
     def _one_kind_of_replica(self) -> JobSpec:

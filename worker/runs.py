@@ -14,6 +14,7 @@ from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.db import rows_changed
 from app.models import EPOCH_METRICS, Epoch, FailureReason, Job, JobStatus, utcnow
 
 
@@ -46,7 +47,7 @@ def claim(session: Session, job_id: int, worker: str) -> Claim | None:
         )
     )
     session.commit()
-    if result.rowcount != 1:
+    if rows_changed(result) != 1:
         return None
     job = session.get(Job, job_id)
     assert job is not None  # just updated under the same id
@@ -59,7 +60,7 @@ def record_started(session: Session, job_id: int, attempt: int, replicas: int) -
         update(Job).where(_owned(job_id, attempt)).values(replicas=replicas, heartbeat_at=utcnow())
     )
     session.commit()
-    return result.rowcount == 1
+    return rows_changed(result) == 1
 
 
 def record_epoch(session: Session, job_id: int, attempt: int, event: dict[str, Any]) -> bool:
@@ -68,7 +69,7 @@ def record_epoch(session: Session, job_id: int, attempt: int, event: dict[str, A
     owned = session.execute(
         update(Job).where(_owned(job_id, attempt)).values(heartbeat_at=utcnow())
     )
-    if owned.rowcount != 1:
+    if rows_changed(owned) != 1:
         session.rollback()
         return False
     values = {name: event.get(name) for name in EPOCH_METRICS}
@@ -122,7 +123,7 @@ def finish(
         )
     )
     session.commit()
-    return result.rowcount == 1
+    return rows_changed(result) == 1
 
 
 def requeue(session: Session, job_id: int, attempt: int) -> bool:
@@ -133,4 +134,4 @@ def requeue(session: Session, job_id: int, attempt: int) -> bool:
         .values(status=JobStatus.queued, heartbeat_at=None, worker=None)
     )
     session.commit()
-    return result.rowcount == 1
+    return rows_changed(result) == 1

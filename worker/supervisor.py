@@ -8,6 +8,7 @@ line on stdout; its stderr is the job's `train.log`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -72,14 +73,10 @@ def end_process_group(process: subprocess.Popen[str], grace_seconds: float) -> N
     """SIGTERM the trainer's process group, SIGKILL it after the grace period, and return
     only once no process of the group is left."""
     pgid = process.pid  # start_new_session: the child leads its own group
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace_seconds)
-    except subprocess.TimeoutExpired:
-        pass
     wait_group_gone(pgid, grace_seconds, process)
 
 
@@ -217,7 +214,9 @@ class JobSupervisor:
         outcome = self.outcome
         job_id = self.claim.job_id
         if outcome.lost_ownership:
-            log.warning("job %s attempt %s: the job moved on; run dropped", job_id, self.claim.attempt)
+            log.warning(
+                "job %s attempt %s: the job moved on; run dropped", job_id, self.claim.attempt
+            )
             return
         if outcome.cancelled:
             message = f"cancelled on request after epoch {outcome.last_epoch}"
@@ -236,7 +235,7 @@ class JobSupervisor:
         failure = self.outcome.failure
         if failure is not None:
             try:
-                reason = FailureReason(failure.get("reason"))
+                reason = FailureReason(str(failure.get("reason")))
             except ValueError:
                 reason = FailureReason.internal
             message = str(failure.get("message") or "training failed")

@@ -16,6 +16,11 @@ TRAINER_FIELDS = (
     "lr",
     "batch_size",
     "momentum",
+    "augment",
+    "lr_power",
+    "lr_scaling",
+    "mixed_precision",
+    "seed",
     "name",
 )
 

@@ -2,7 +2,7 @@ import csv
 import io
 import logging
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import FileResponse, PlainTextResponse
@@ -18,7 +18,7 @@ from app.schemas import EpochOut, JobOut, JobPage, JobSpec
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
 
-NOT_FOUND = {404: {"description": "No job with this id."}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No job with this id."}}
 
 
 def _job_or_404(session: SessionDep, job_id: int) -> Job:

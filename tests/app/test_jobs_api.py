@@ -68,6 +68,11 @@ def test_submit_returns_the_stored_job_with_defaults(client: TestClient) -> None
         "lr": 0.005,
         "batch_size": 64,
         "momentum": 0.9,
+        "augment": True,
+        "lr_power": 1.0,
+        "lr_scaling": "none",
+        "mixed_precision": "auto",
+        "seed": None,
     }
     assert datetime.fromisoformat(job["created_at"]).tzinfo is not None
     assert client.get(f"/jobs/{job['id']}").json() == job
@@ -96,6 +101,10 @@ def test_seed_defaults_apply_to_an_empty_spec(client: TestClient) -> None:
         ({"model": "resnet"}, "model"),
         ({"epochs": "3"}, "epochs"),
         ({"foo": 1}, "foo"),
+        ({"augment": "yes"}, "augment"),
+        ({"lr_scaling": "sqrt"}, "lr_scaling"),
+        ({"mixed_precision": "int8"}, "mixed_precision"),
+        ({"seed": -1}, "seed"),
     ],
 )
 def test_bad_spec_is_422_naming_the_field_and_stores_nothing(

@@ -1,0 +1,108 @@
+"""Start Trainyard's real processes for end-to-end tests and talk to them over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_env(data_dir: Path, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+    env["TRAINYARD_DATA_DIR"] = str(data_dir)
+    env["TRAINYARD_CANCEL_GRACE_SECONDS"] = "5"
+    env.update({f"TRAINYARD_{key.upper()}": value for key, value in settings.items()})
+    return env
+
+
+@contextmanager
+def processes(
+    commands: list[list[str]], env: dict[str, str], log_dir: Path
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Run `trainyard ...` commands; SIGTERM them (then SIGKILL) at the end."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        for index, command in enumerate(commands):
+            log = (log_dir / f"{index}-{command[0]}.log").open("wb")
+            started.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "app.cli", *command],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        yield started
+    finally:
+        stop(started)
+
+
+def stop(started: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in started:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_healthy(base_url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{base_url} never became healthy")
+
+
+def wait_for(base_url: str, job_id: int, condition: Any, timeout: float) -> dict[str, Any]:
+    """Poll GET /jobs/{id} until `condition(job)` holds; returns the job."""
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{base_url}/jobs/{job_id}", timeout=5).json()
+        if condition(job):
+            return job
+        time.sleep(0.25)
+    raise TimeoutError(f"job {job_id} never reached the condition; last seen: {job}")
+
+
+def trainer_pids(job_dir: Path) -> list[int]:
+    """Live processes whose command line names this job's folder (its trainer)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if "worker.training" in cmdline and str(job_dir) in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids
