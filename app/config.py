@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between SIGTERM and SIGKILL when a run is cancelled or stopped.",
     )
+    max_dataset_bytes: int = Field(
+        default=2 * 1024**3, ge=1, description="Largest .npz that POST /datasets accepts."
+    )
     log_tail_lines: int = Field(
         default=20, ge=1, description="Lines of the trainer's stderr kept in a failure message."
     )
@@ -70,11 +73,19 @@ class Settings(BaseSettings):
         """Folder of the embedded filesystem transport's messages."""
         return self.data_dir / "broker"
 
+    @property
+    def datasets_dir(self) -> Path:
+        """Uploaded datasets, and where CIFAR-10's archive goes on an offline host."""
+        return self.data_dir / "datasets"
+
+    def dataset_path(self, dataset_id: int) -> Path:
+        return self.datasets_dir / "uploads" / f"{dataset_id}.npz"
+
     def job_dir(self, job_id: int) -> Path:
         return self.jobs_dir / str(job_id)
 
     def ensure_dirs(self) -> None:
-        for path in (self.data_dir, self.jobs_dir, self.broker_dir):
+        for path in (self.data_dir, self.jobs_dir, self.broker_dir, self.datasets_dir / "uploads"):
             path.mkdir(parents=True, exist_ok=True)
 
 

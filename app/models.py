@@ -120,4 +120,20 @@ class Epoch(Base):
     job: Mapped[Job] = relationship(back_populates="epochs")
 
 
+class Dataset(Base):
+    """An uploaded .npz, validated before it was stored at `Settings.dataset_path(id)`."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    image_shape: Mapped[list[int]] = mapped_column(JSON)
+    dtype: Mapped[str] = mapped_column(String(16))
+    classes: Mapped[int] = mapped_column(Integer)
+    train_images: Mapped[int] = mapped_column(Integer)
+    test_images: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "replicas")

@@ -20,7 +20,11 @@ class JobSpec(BaseModel):
 
     name: str | None = Field(default=None, max_length=200, description="A label for people.")
     model: Literal["minigooglenet"] = Field(default="minigooglenet", description="Architecture.")
-    dataset: DatasetName = Field(default="cifar10", description="Training data.")
+    dataset: DatasetName | int = Field(
+        default="cifar10",
+        description='Training data: "cifar10", "digits", "synthetic", or the id of an '
+        "uploaded dataset (POST /datasets).",
+    )
     gpus: int = Field(default=1, ge=0, le=64, description="GPUs to train on; 0 trains on the CPU.")
     cpu_replicas: int = Field(
         default=0,
@@ -97,6 +101,20 @@ class JobPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    image_shape: list[int] = Field(description="(H, W, C) of one image.")
+    dtype: str
+    classes: int
+    train_images: int
+    test_images: int
+    size_bytes: int
+    created_at: datetime
 
 
 class Health(BaseModel):

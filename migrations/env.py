@@ -3,8 +3,8 @@
 from alembic import context
 from sqlalchemy import Connection
 
-from app.db import make_engine
 from app.config import get_settings
+from app.db import make_engine
 from app.models import Base
 
 config = context.config
@@ -17,9 +17,7 @@ def _url() -> str:
 
 def _configure(connection: Connection) -> None:
     # render_as_batch lets ALTERs run on SQLite, which cannot alter most constraints in place.
-    context.configure(
-        connection=connection, target_metadata=target_metadata, render_as_batch=True
-    )
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
 
 
 def run_migrations_offline() -> None:

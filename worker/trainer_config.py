@@ -26,4 +26,7 @@ TRAINER_FIELDS = (
 
 
 def trainer_config(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    return {key: spec[key] for key in TRAINER_FIELDS if key in spec}
+    config = {key: spec[key] for key in TRAINER_FIELDS if key in spec}
+    if isinstance(config.get("dataset"), int):  # an uploaded dataset, by id
+        config["dataset"] = str(settings.dataset_path(config["dataset"]))
+    return config

@@ -2,8 +2,9 @@
 
 from fastapi import APIRouter
 
-from app.api import health, jobs
+from app.api import datasets, health, jobs
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(jobs.router)
+api_router.include_router(datasets.router)

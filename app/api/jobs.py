@@ -8,8 +8,10 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import FileResponse, PlainTextResponse
 
 from app import jobs as job_queries
+from app.api.datasets import field_error
 from app.broker import send_run_job
 from app.config import get_settings
+from app.datasets import get_dataset
 from app.db import SessionDep
 from app.models import EPOCH_METRICS, Job, JobStatus
 from app.plots import render_history_png
@@ -31,6 +33,8 @@ def _job_or_404(session: SessionDep, job_id: int) -> Job:
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut)
 def submit_job(spec: JobSpec, session: SessionDep) -> JobOut:
     """Submit a training job; it is queued and runs when a worker takes it."""
+    if isinstance(spec.dataset, int) and get_dataset(session, spec.dataset) is None:
+        raise field_error("dataset", f"no uploaded dataset with id {spec.dataset}")
     job = job_queries.create_job(session, spec)
     try:
         send_run_job(job.id)
