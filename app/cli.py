@@ -12,13 +12,16 @@ from typing import Annotated
 
 import typer
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 
 cli = typer.Typer(
     help="Trainyard: a REST training-job service for a shared GPU box.",
     no_args_is_help=True,
     add_completion=False,
 )
+
+user_cli = typer.Typer(help="Manage users and their API tokens.", no_args_is_help=True)
+cli.add_typer(user_cli, name="user")
 
 HostOption = Annotated[str, typer.Option(help="Address the API listens on.")]
 PortOption = Annotated[int, typer.Option(help="Port the API listens on.")]
@@ -67,6 +70,7 @@ def up(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
     settings = get_settings()
     upgrade_database(settings)
     typer.echo(f"Trainyard data directory: {settings.data_dir}")
+    ensure_first_admin(settings)
     typer.echo(f"Database: {settings.database_url}")
     typer.echo(f"Broker: {settings.broker_url}")
     typer.echo(f"API: http://{host}:{port}  (docs: http://{host}:{port}/docs)")
@@ -102,6 +106,85 @@ def up(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
             child.kill()
             child.wait()
     typer.echo("Stopped.")
+
+
+def ensure_first_admin(settings: Settings) -> None:
+    """On the first start, create user `admin` and keep its token in a 0600 file (like
+    Jupyter's token, printed so the person at the terminal can use it at once)."""
+    from app.db import get_session_factory
+    from app.users import count_users, create_user
+
+    token_file = settings.data_dir / "admin-token"
+    with get_session_factory()() as session:
+        if count_users(session) == 0:
+            _, token = create_user(session, "admin", is_admin=True)
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(token + "\n")
+            typer.echo(f"Created user 'admin'. Token (also in {token_file}):\n    {token}")
+        elif token_file.exists():
+            typer.echo(f"Admin token: in {token_file}")
+
+
+@user_cli.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="Letters, digits, '.', '_', '-'.")],
+    admin: Annotated[bool, typer.Option("--admin", help="May act on every job.")] = False,
+) -> None:
+    """Create a user and print its token (shown only this once; stored hashed)."""
+    from app.db import get_session_factory
+    from app.migrate import upgrade_database
+    from app.users import UserError, create_user
+
+    upgrade_database()
+    with get_session_factory()() as session:
+        try:
+            _, token = create_user(session, name, is_admin=admin)
+        except UserError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from error
+    typer.echo(f"Created {'admin' if admin else 'user'} {name!r}. Its token:", err=True)
+    typer.echo(token)
+
+
+@user_cli.command("list")
+def user_list() -> None:
+    """List users: name, role, created, revoked."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from app.db import get_session_factory
+    from app.migrate import upgrade_database
+    from app.users import list_users
+
+    upgrade_database()
+    table = Table("name", "role", "created", "revoked")
+    with get_session_factory()() as session:
+        for user in list_users(session):
+            table.add_row(
+                user.name,
+                "admin" if user.is_admin else "user",
+                user.created_at.isoformat(timespec="seconds"),
+                user.revoked_at.isoformat(timespec="seconds") if user.revoked_at else "",
+            )
+    Console().print(table)
+
+
+@user_cli.command("revoke")
+def user_revoke(name: str) -> None:
+    """Revoke a user's token: its requests get 401 from now on."""
+    from app.db import get_session_factory
+    from app.migrate import upgrade_database
+    from app.users import UserError, revoke_user
+
+    upgrade_database()
+    with get_session_factory()() as session:
+        try:
+            revoke_user(session, name)
+        except UserError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from error
+    typer.echo(f"Revoked {name!r}.")
 
 
 @cli.command(

@@ -6,12 +6,19 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import rows_changed
-from app.models import TERMINAL_STATUSES, Epoch, FailureReason, Job, JobStatus, utcnow
+from app.models import TERMINAL_STATUSES, Epoch, FailureReason, Job, JobStatus, User, utcnow
 from app.schemas import EpochOut, JobOut, JobSpec
 
 
-def create_job(session: Session, spec: JobSpec) -> Job:
-    job = Job(name=spec.name, status=JobStatus.queued, spec=spec.model_dump(), attempt=0)
+def create_job(session: Session, spec: JobSpec, owner: User) -> Job:
+    job = Job(
+        name=spec.name,
+        owner_id=owner.id,
+        priority=spec.priority,
+        status=JobStatus.queued,
+        spec=spec.model_dump(),
+        attempt=0,
+    )
     session.add(job)
     session.commit()
     return job
@@ -47,6 +54,8 @@ def to_out(session: Session, job: Job) -> JobOut:
     return JobOut(
         id=job.id,
         name=job.name,
+        owner=job.owner.name if job.owner else None,
+        priority=job.priority,
         status=JobStatus(job.status),
         spec=job.spec,
         attempt=job.attempt,

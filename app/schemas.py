@@ -52,6 +52,13 @@ class JobSpec(BaseModel):
         description="auto: float16 on GPUs that support it, bfloat16 on CPUs with AMX or "
         "AVX-512 BF16, float32 elsewhere.",
     )
+    priority: int = Field(
+        default=0,
+        ge=-100,
+        le=100,
+        description="Higher starts first; equal priorities start in submission order. "
+        "Only admins may set it above 0.",
+    )
     seed: int | None = Field(
         default=None, ge=0, le=2**31 - 1, description="Fixes initialisation and shuffling."
     )
@@ -81,6 +88,8 @@ class EpochOut(BaseModel):
 class JobOut(BaseModel):
     id: int
     name: str | None
+    owner: str | None
+    priority: int
     status: JobStatus
     spec: dict[str, Any]
     attempt: int

@@ -107,3 +107,19 @@ def database_url(request: pytest.FixtureRequest) -> str:
 def db(configure: Configure, database_url: str) -> Path:
     """A migrated database on the parametrized backend; returns the data directory."""
     return configure(database_url=database_url)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def tokens(db: Path) -> dict[str, str]:
+    """Tokens of alice and bob (users) and root (an admin), in the migrated database."""
+    from app.users import create_user
+
+    with get_session_factory()() as session:
+        return {
+            name: create_user(session, name, is_admin=name == "root")[1]
+            for name in ("alice", "bob", "root")
+        }

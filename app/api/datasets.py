@@ -1,14 +1,20 @@
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile, status
 
 from app import datasets as dataset_queries
+from app.auth import UNAUTHORIZED, current_user
 from app.config import get_settings
 from app.db import SessionDep
 from app.schemas import DatasetOut
 from worker.training.dataset_files import DatasetError
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(
+    prefix="/datasets",
+    tags=["datasets"],
+    dependencies=[Depends(current_user)],
+    responses=UNAUTHORIZED,
+)
 
 
 def field_error(field: str, message: str, code: int = 422) -> HTTPException:
@@ -28,9 +34,7 @@ def field_error(field: str, message: str, code: int = 422) -> HTTPException:
 )
 def upload_dataset(
     session: SessionDep,
-    file: Annotated[
-        UploadFile, File(description=".npz with x_train, y_train, x_test, y_test.")
-    ],
+    file: Annotated[UploadFile, File(description=".npz with x_train, y_train, x_test, y_test.")],
     name: Annotated[str | None, Form(max_length=200)] = None,
 ) -> DatasetOut:
     """Upload an .npz dataset; it is validated before it is stored."""

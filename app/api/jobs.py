@@ -4,11 +4,12 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from fastapi.responses import FileResponse, PlainTextResponse
 
 from app import jobs as job_queries
 from app.api.datasets import field_error
+from app.auth import UNAUTHORIZED, CurrentUser, current_user, require_owner_or_admin
 from app.broker import send_run_job
 from app.config import get_settings
 from app.datasets import get_dataset
@@ -17,9 +18,17 @@ from app.models import EPOCH_METRICS, Job, JobStatus
 from app.plots import render_history_png
 from app.schemas import EpochOut, JobOut, JobPage, JobSpec
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(
+    prefix="/jobs",
+    tags=["jobs"],
+    dependencies=[Depends(current_user)],
+    responses=UNAUTHORIZED,
+)
 log = logging.getLogger(__name__)
 
+FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: {"description": "Only the job's owner or an admin may do this."}
+}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No job with this id."}}
 
 
@@ -31,11 +40,13 @@ def _job_or_404(session: SessionDep, job_id: int) -> Job:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut)
-def submit_job(spec: JobSpec, session: SessionDep) -> JobOut:
+def submit_job(spec: JobSpec, session: SessionDep, user: CurrentUser) -> JobOut:
     """Submit a training job; it is queued and runs when a worker takes it."""
+    if spec.priority > 0 and not user.is_admin:
+        raise field_error("priority", "only admins may set priority above 0", 403)
     if isinstance(spec.dataset, int) and get_dataset(session, spec.dataset) is None:
         raise field_error("dataset", f"no uploaded dataset with id {spec.dataset}")
-    job = job_queries.create_job(session, spec)
+    job = job_queries.create_job(session, spec, user)
     try:
         send_run_job(job.id)
     except Exception:  # the row is committed: a worker's reconciler re-sends it
@@ -103,12 +114,19 @@ def get_plot(job_id: int, session: SessionDep) -> Response:
     return Response(png, media_type="image/png")
 
 
-@router.get("/{job_id}/logs", response_class=PlainTextResponse, responses=NOT_FOUND)
+@router.get(
+    "/{job_id}/logs",
+    response_class=PlainTextResponse,
+    responses={**NOT_FOUND, **FORBIDDEN},
+)
 def get_logs(
-    job_id: int, session: SessionDep, tail: Annotated[int | None, Query(ge=1)] = None
+    job_id: int,
+    session: SessionDep,
+    user: CurrentUser,
+    tail: Annotated[int | None, Query(ge=1)] = None,
 ) -> PlainTextResponse:
-    """The trainer's log (its stderr), whole or its last `tail` lines."""
-    _job_or_404(session, job_id)
+    """The trainer's log (its stderr), whole or its last `tail` lines (owner or admin)."""
+    require_owner_or_admin(_job_or_404(session, job_id), user, "read the log of")
     path = get_settings().job_dir(job_id) / "train.log"
     text = path.read_text(errors="replace") if path.exists() else ""
     if tail is not None:
@@ -119,11 +137,12 @@ def get_logs(
 @router.get(
     "/{job_id}/model",
     response_class=FileResponse,
-    responses={**NOT_FOUND, 409: {"description": "The job has no trained model yet."}},
+    responses={**NOT_FOUND, **FORBIDDEN, 409: {"description": "The job has no trained model yet."}},
 )
-def get_model(job_id: int, session: SessionDep) -> FileResponse:
-    """Download the trained model (`.keras`) of a succeeded job."""
+def get_model(job_id: int, session: SessionDep, user: CurrentUser) -> FileResponse:
+    """Download the trained model (`.keras`) of a succeeded job (owner or admin)."""
     job = _job_or_404(session, job_id)
+    require_owner_or_admin(job, user, "download the model of")
     path: Path = get_settings().job_dir(job_id) / "model.keras"
     if job.status != JobStatus.succeeded or not path.exists():
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has no model: {job.status}")
@@ -133,11 +152,12 @@ def get_model(job_id: int, session: SessionDep) -> FileResponse:
 @router.post(
     "/{job_id}/cancel",
     response_model=JobOut,
-    responses={**NOT_FOUND, 409: {"description": "The job had already ended."}},
+    responses={**NOT_FOUND, **FORBIDDEN, 409: {"description": "The job had already ended."}},
 )
-def cancel_job(job_id: int, session: SessionDep) -> JobOut:
-    """Cancel a job: a queued one at once, a running one within seconds (its processes end)."""
+def cancel_job(job_id: int, session: SessionDep, user: CurrentUser) -> JobOut:
+    """Cancel a job: a queued one at once, a running one within seconds (owner or admin)."""
     job = _job_or_404(session, job_id)
+    require_owner_or_admin(job, user, "cancel")
     if not job_queries.request_cancel(session, job):
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job.status}")
     return job_queries.to_out(session, job)

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.config import get_settings
 from app.main import app
+from tests.conftest import bearer
 from worker.trainer_config import trainer_config
 
 Arrays = dict[str, Any]
@@ -39,8 +40,9 @@ def upload(client: TestClient, content: bytes, name: str = "mine.npz") -> Any:
 
 
 @pytest.fixture
-def client(db: Path) -> TestClient:
-    return TestClient(app)
+def client(tokens: dict[str, str]) -> TestClient:
+    """Alice's client: a plain user."""
+    return TestClient(app, headers=bearer(tokens["alice"]))
 
 
 def uploads_dir() -> Path:

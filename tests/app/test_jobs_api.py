@@ -19,12 +19,14 @@ from sqlalchemy import func, select
 from app.db import get_session_factory
 from app.main import app
 from app.models import Job, JobStatus
+from tests.conftest import bearer
 from worker import runs
 
 
 @pytest.fixture
-def client(db: Path) -> TestClient:
-    return TestClient(app)
+def client(tokens: dict[str, str]) -> TestClient:
+    """Alice's client: a plain user."""
+    return TestClient(app, headers=bearer(tokens["alice"]))
 
 
 def job_count() -> int:
@@ -72,6 +74,7 @@ def test_submit_returns_the_stored_job_with_defaults(client: TestClient) -> None
         "lr_power": 1.0,
         "lr_scaling": "none",
         "mixed_precision": "auto",
+        "priority": 0,
         "seed": None,
     }
     assert datetime.fromisoformat(job["created_at"]).tzinfo is not None

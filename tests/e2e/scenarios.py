@@ -13,16 +13,16 @@ from tests.e2e.service import TERMINAL, trainer_pids, wait_for
 SMALL_JOB = {"dataset": "synthetic", "epochs": 3, "gpus": 0, "mixed_precision": "bfloat16"}
 
 
-def job_succeeds_with_every_epoch_once(base_url: str) -> int:
-    response = httpx.post(f"{base_url}/jobs", json=SMALL_JOB, timeout=10)
+def job_succeeds_with_every_epoch_once(client: httpx.Client) -> int:
+    response = client.post("/jobs", json=SMALL_JOB)
     assert response.status_code == 201, response.text
     job_id = response.json()["id"]
-    job = wait_for(base_url, job_id, lambda j: j["status"] in TERMINAL, timeout=240)
+    job = wait_for(client, job_id, lambda j: j["status"] in TERMINAL, timeout=240)
     assert job["status"] == "succeeded", job
     assert job["attempt"] == 1
     assert job["current_epoch"] == 3
     assert job["replicas"] == 1
-    metrics = httpx.get(f"{base_url}/jobs/{job_id}/metrics").json()
+    metrics = client.get(f"/jobs/{job_id}/metrics").json()
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     for record in metrics:
         for name in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"):
@@ -30,23 +30,23 @@ def job_succeeds_with_every_epoch_once(base_url: str) -> int:
     # The seed's linear decay: each epoch's LR below the one before.
     lrs = [m["lr"] for m in metrics]
     assert lrs == sorted(lrs, reverse=True) and lrs[0] == SMALL_JOB.get("lr", 0.005)
-    plot = httpx.get(f"{base_url}/jobs/{job_id}/plot.png")
+    plot = client.get(f"/jobs/{job_id}/plot.png")
     assert plot.content.startswith(b"\x89PNG")
-    model = httpx.get(f"{base_url}/jobs/{job_id}/model")
+    model = client.get(f"/jobs/{job_id}/model")
     assert model.status_code == 200 and len(model.content) > 1_000_000
-    assert "attempt 1" in httpx.get(f"{base_url}/jobs/{job_id}/logs").text
+    assert "attempt 1" in client.get(f"/jobs/{job_id}/logs").text
     return job_id
 
 
-def running_job_cancels_within_seconds(base_url: str, data_dir: Path) -> None:
+def running_job_cancels_within_seconds(client: httpx.Client, data_dir: Path) -> None:
     spec = {**SMALL_JOB, "epochs": 200}
-    job_id = httpx.post(f"{base_url}/jobs", json=spec, timeout=10).json()["id"]
-    wait_for(base_url, job_id, lambda j: (j["current_epoch"] or 0) >= 1, timeout=240)
+    job_id = client.post("/jobs", json=spec).json()["id"]
+    wait_for(client, job_id, lambda j: (j["current_epoch"] or 0) >= 1, timeout=240)
     job_dir = data_dir / "jobs" / str(job_id)
     assert trainer_pids(job_dir), "the trainer should be running"
     started = time.monotonic()
-    assert httpx.post(f"{base_url}/jobs/{job_id}/cancel").status_code == 200
-    job = wait_for(base_url, job_id, lambda j: j["status"] in TERMINAL, timeout=30)
+    assert client.post(f"/jobs/{job_id}/cancel").status_code == 200
+    job = wait_for(client, job_id, lambda j: j["status"] in TERMINAL, timeout=30)
     assert job["status"] == "cancelled" and job["failure_reason"] == "cancelled"
     assert time.monotonic() - started < 15
     assert trainer_pids(job_dir) == []

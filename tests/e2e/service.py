@@ -80,16 +80,33 @@ def wait_healthy(base_url: str, timeout: float = 60) -> None:
     raise TimeoutError(f"{base_url} never became healthy")
 
 
-def wait_for(base_url: str, job_id: int, condition: Any, timeout: float) -> dict[str, Any]:
+def wait_for(client: httpx.Client, job_id: int, condition: Any, timeout: float) -> dict[str, Any]:
     """Poll GET /jobs/{id} until `condition(job)` holds; returns the job."""
     deadline = time.monotonic() + timeout
     job: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        job = httpx.get(f"{base_url}/jobs/{job_id}", timeout=5).json()
+        job = client.get(f"/jobs/{job_id}").json()
         if condition(job):
             return job
         time.sleep(0.25)
     raise TimeoutError(f"job {job_id} never reached the condition; last seen: {job}")
+
+
+def api_client(base_url: str, token: str) -> httpx.Client:
+    return httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+
+def add_user(env: dict[str, str], name: str, admin: bool = False) -> str:
+    """`trainyard user add` as an operator runs it; returns the printed token."""
+    command = [sys.executable, "-m", "app.cli", "user", "add", name]
+    result = subprocess.run(
+        [*command, "--admin"] if admin else command,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
 
 
 def trainer_pids(job_dir: Path) -> list[int]:

@@ -3,12 +3,13 @@ a real Celery worker process and real trainings."""
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
 
 from tests.e2e import scenarios
-from tests.e2e.service import free_port, processes, service_env, wait_healthy
+from tests.e2e.service import api_client, free_port, processes, service_env, wait_healthy
 
 pytestmark = pytest.mark.training
 
@@ -19,5 +20,10 @@ def test_embedded_up_trains_records_and_cancels(data_dir: Path, tmp_path: Path) 
     with processes([["up", "--port", str(port)]], service_env(data_dir), tmp_path / "logs"):
         wait_healthy(base_url)
         assert (data_dir / "trainyard.db").exists()
-        scenarios.job_succeeds_with_every_epoch_once(base_url)
-        scenarios.running_job_cancels_within_seconds(base_url, data_dir)
+        # First start: an admin was created and its token kept for the owner only.
+        token_file = data_dir / "admin-token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        with api_client(base_url, token_file.read_text().strip()) as client:
+            assert client.get("/jobs").status_code == 200
+            scenarios.job_succeeds_with_every_epoch_once(client)
+            scenarios.running_job_cancels_within_seconds(client, data_dir)

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import scenarios
-from tests.e2e.service import free_port, processes, service_env, wait_healthy
+from tests.e2e.service import (
+    add_user,
+    api_client,
+    free_port,
+    processes,
+    service_env,
+    wait_healthy,
+)
 
 pytestmark = pytest.mark.training
 
@@ -25,9 +32,10 @@ def test_api_and_worker_on_redis_and_postgres(
         broker_url=redis_url,
         queue=f"trainyard-e2e-{uuid.uuid4().hex[:8]}",
     )
+    token = add_user(env, "operator", admin=True)
     commands = [["api", "--port", str(port)], ["worker"]]
-    with processes(commands, env, tmp_path / "logs"):
+    with processes(commands, env, tmp_path / "logs"), api_client(base_url, token) as client:
         wait_healthy(base_url)
-        scenarios.job_succeeds_with_every_epoch_once(base_url)
-        scenarios.running_job_cancels_within_seconds(base_url, data_dir)
+        scenarios.job_succeeds_with_every_epoch_once(client)
+        scenarios.running_job_cancels_within_seconds(client, data_dir)
     assert not (data_dir / "trainyard.db").exists()  # everything went to PostgreSQL

@@ -1,0 +1,50 @@
+"""Bearer-token authentication and the owner-or-admin rule."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.db import SessionDep
+from app.models import Job, User
+from app.users import user_for_token
+
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing, invalid or revoked bearer token."}
+}
+
+bearer = HTTPBearer(auto_error=False, description="A token from `trainyard user add`.")
+
+
+def current_user(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> User:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing bearer token: send 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    user = user_for_token(session, credentials.credentials)
+    if user is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "invalid or revoked token",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def require_owner_or_admin(job: Job, user: User, action: str) -> None:
+    if user.is_admin or job.owner_id == user.id:
+        return
+    raise HTTPException(
+        status.HTTP_403_FORBIDDEN,
+        f"only the job's owner or an admin may {action} job {job.id}",
+    )
