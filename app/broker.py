@@ -1,16 +1,15 @@
-"""The Celery application both sides share: broker configuration and the task names.
+"""Celery configuration and task names, shared by every worker (and any sender).
 
-The API only sends tasks by name; it never imports the worker's task code.
+Messages are sent by task name (`send_task`), so a sender never imports the task code.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 
-from app.config import Settings, get_settings
+from app.config import Settings
 
 RUN_JOB_TASK = "trainyard.run_job"
 
@@ -35,6 +34,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         config["broker_transport_options"] = {
             "data_folder_in": folder,
             "data_folder_out": folder,
+            # Exchange bindings; kombu's default is ./control in the current directory.
+            "control_folder": str(settings.broker_dir / "control"),
             "store_processed": False,
         }
         # The filesystem transport has no fanout: no remote control, gossip or mingle.
@@ -51,13 +52,3 @@ def make_celery(settings: Settings) -> Celery:
     celery = Celery("trainyard")
     celery.conf.update(celery_config(settings))
     return celery
-
-
-@lru_cache
-def get_celery() -> Celery:
-    return make_celery(get_settings())
-
-
-def send_run_job(job_id: int) -> None:
-    """Ask some worker to run job `job_id`; call only after the job row is committed."""
-    get_celery().send_task(RUN_JOB_TASK, args=[job_id])

@@ -46,13 +46,18 @@ def worker(
 ) -> None:
     """Run a Celery worker that trains the jobs it is sent (one per GPU host)."""
     from worker.celery_app import celery
+    from worker.gpus import discover
+    from worker.inventory import host_queue
 
     settings = get_settings()
+    gpus, _ = discover(settings.simulated_gpus)
+    threads = concurrency or settings.worker_concurrency or len(gpus) + settings.cpu_job_slots
     celery.worker_main(
         [
             "worker",
             "--pool=threads",  # each task only supervises a child process
-            f"--concurrency={concurrency or settings.worker_concurrency}",
+            f"--concurrency={max(1, threads)}",
+            f"--queues={host_queue(settings)}",
             f"--hostname=trainyard@{settings.worker_name}",
             "--without-gossip",
             "--without-mingle",

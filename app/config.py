@@ -38,7 +38,43 @@ class Settings(BaseSettings):
         description="Celery queue the API sends jobs to and workers consume.",
     )
     worker_concurrency: int = Field(
-        default=1, ge=1, le=64, description="Jobs one worker runs at once."
+        default=0,
+        ge=0,
+        le=256,
+        description="Celery threads of a worker; 0: its GPU count + cpu_job_slots "
+        "(the scheduler decides what runs; this only has to be large enough).",
+    )
+    simulated_gpus: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Advertise N simulated GPUs (CPU logical devices) instead of real ones.",
+    )
+    cpu_job_slots: int = Field(
+        default=1, ge=0, le=64, description="Jobs with gpus = 0 one host runs at once."
+    )
+    max_gpus_per_user: int = Field(
+        default=0, ge=0, description="GPUs one user may hold at once; 0: no limit (jobs wait)."
+    )
+    max_active_jobs_per_user: int = Field(
+        default=0,
+        ge=0,
+        description="Queued + running jobs per user; 0: no limit (over it: 429).",
+    )
+    heartbeat_seconds: float = Field(
+        default=2.0, gt=0, description="How often a worker reports its host and GPUs."
+    )
+    host_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="A host silent this long is lost; its jobs requeue."
+    )
+    schedule_seconds: float = Field(
+        default=1.0, gt=0, description="How often a worker runs a scheduling pass."
+    )
+    dispatch_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="A placed job not claimed this long is sent again."
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Runs of one job lost with their worker before it fails."
     )
     worker_name: str = Field(
         default_factory=socket.gethostname, description="This worker host's name."

@@ -6,7 +6,16 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import rows_changed
-from app.models import TERMINAL_STATUSES, Epoch, FailureReason, Job, JobStatus, User, utcnow
+from app.models import (
+    TERMINAL_STATUSES,
+    Epoch,
+    FailureReason,
+    GpuLease,
+    Job,
+    JobStatus,
+    User,
+    utcnow,
+)
 from app.schemas import EpochOut, JobOut, JobSpec
 
 
@@ -39,6 +48,41 @@ def list_jobs(
     return list(jobs), total
 
 
+def active_jobs_of(session: Session, user: User) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.owner_id == user.id)
+            .where(Job.status.in_([JobStatus.queued, JobStatus.running]))
+        )
+        or 0
+    )
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """1-based place among the jobs waiting for a placement (priority, then age)."""
+    if job.status != JobStatus.queued or job.host is not None:
+        return None
+    ahead = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.status == JobStatus.queued, Job.host.is_(None))
+        .where((Job.priority > job.priority) | ((Job.priority == job.priority) & (Job.id < job.id)))
+    )
+    return int(ahead or 0) + 1
+
+
+def leased_indices(session: Session, job_id: int) -> list[int]:
+    return list(
+        session.scalars(
+            select(GpuLease.gpu_index)
+            .where(GpuLease.job_id == job_id, GpuLease.released_at.is_(None))
+            .order_by(GpuLease.gpu_index)
+        )
+    )
+
+
 def list_epochs(session: Session, job_id: int) -> list[Epoch]:
     return list(session.scalars(select(Epoch).where(Epoch.job_id == job_id).order_by(Epoch.epoch)))
 
@@ -63,6 +107,10 @@ def to_out(session: Session, job: Job) -> JobOut:
         started_at=job.started_at,
         finished_at=job.finished_at,
         worker=job.worker,
+        host=job.host,
+        gpu_indices=leased_indices(session, job.id),
+        queue_position=queue_position(session, job),
+        waiting_reason=job.waiting_reason if job.status == JobStatus.queued else None,
         replicas=job.replicas,
         current_epoch=last.epoch if last else None,
         last_metrics=EpochOut.model_validate(last) if last else None,

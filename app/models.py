@@ -12,12 +12,14 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -107,6 +109,10 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     worker: Mapped[str | None] = mapped_column(String(200))
+    # Placement by the scheduler: the host whose queue got the job, and when.
+    host: Mapped[str | None] = mapped_column(String(200), index=True)
+    placed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    waiting_reason: Mapped[str | None] = mapped_column(Text)
     replicas: Mapped[int | None] = mapped_column(Integer)
     failure_reason: Mapped[str | None] = mapped_column(String(32))
     failure_message: Mapped[str | None] = mapped_column(Text)
@@ -135,6 +141,66 @@ class Epoch(Base):
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="epochs")
+
+
+class Host(Base):
+    """A worker host, registered at start and kept alive by its heartbeat."""
+
+    __tablename__ = "hosts"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(255))
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    gpu_source: Mapped[str] = mapped_column(String(32))
+    cpu_slots: Mapped[int] = mapped_column(Integer, default=1)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_heartbeat: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    gpus: Mapped[list[Gpu]] = relationship(order_by="Gpu.index", cascade="all, delete-orphan")
+
+
+class Gpu(Base):
+    """One GPU of a host as last reported: identity, memory, use, foreign processes."""
+
+    __tablename__ = "gpus"
+    __table_args__ = (UniqueConstraint("host", "index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host: Mapped[str] = mapped_column(ForeignKey("hosts.name", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    uuid: Mapped[str | None] = mapped_column(String(100))
+    memory_total_mib: Mapped[int | None] = mapped_column(Integer)
+    memory_used_mib: Mapped[int | None] = mapped_column(Integer)
+    utilization_percent: Mapped[int | None] = mapped_column(Integer)
+    # PIDs using the GPU that no Trainyard trainer owns: the GPU is busy, never leased.
+    foreign_pids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class GpuLease(Base):
+    """A GPU held by one attempt of one job. Rows are kept as history; an active lease has
+    no `released_at`, and a partial unique index allows one active lease per GPU."""
+
+    __tablename__ = "gpu_leases"
+    __table_args__ = (
+        Index(
+            "uq_gpu_leases_active",
+            "host",
+            "gpu_index",
+            unique=True,
+            sqlite_where=text("released_at IS NULL"),
+            postgresql_where=text("released_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    host: Mapped[str] = mapped_column(String(200))
+    gpu_index: Mapped[int] = mapped_column(Integer)
+    leased_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Dataset(Base):

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from app.models import JobStatus
 
 DatasetName = Literal["digits", "synthetic", "cifar10"]
+GpuState = Literal["free", "leased", "foreign"]
 
 
 class JobSpec(BaseModel):
@@ -97,6 +98,12 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     worker: str | None
+    host: str | None = Field(description="Host the job was placed on.")
+    gpu_indices: list[int] = Field(description="GPU indices the job holds on its host.")
+    queue_position: int | None = Field(
+        description="1-based place among waiting jobs (priority, then submission order)."
+    )
+    waiting_reason: str | None = Field(description="Why a queued job has not started yet.")
     replicas: int | None
     current_epoch: int | None = Field(description="Last completed epoch, if any.")
     last_metrics: EpochOut | None = Field(description="Metrics of the last completed epoch.")
@@ -124,6 +131,30 @@ class DatasetOut(BaseModel):
     test_images: int
     size_bytes: int
     created_at: datetime
+
+
+class GpuOut(BaseModel):
+    index: int
+    name: str
+    uuid: str | None
+    memory_total_mib: int | None
+    memory_used_mib: int | None
+    utilization_percent: int | None
+    state: GpuState = Field(
+        description="leased: held by job_id; foreign: used by a process Trainyard did not start."
+    )
+    job_id: int | None
+    user: str | None
+    foreign_pids: list[int]
+
+
+class HostOut(BaseModel):
+    name: str
+    simulated: bool = Field(description="GPUs are CPU logical devices (TRAINYARD_SIMULATED_GPUS).")
+    gpu_source: str = Field(description="nvml, nvidia-smi, simulated or none.")
+    last_heartbeat: datetime
+    alive: bool
+    gpus: list[GpuOut]
 
 
 class Health(BaseModel):

@@ -17,7 +17,6 @@ import redis
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
-from app.broker import get_celery
 from app.config import get_settings
 from app.db import get_engine, get_session_factory
 from app.migrate import upgrade_database
@@ -36,7 +35,7 @@ def unavailable(what: str, why: object) -> NoReturn:
 
 
 def clear_caches() -> None:
-    for cached in (get_settings, get_engine, get_session_factory, get_celery):
+    for cached in (get_settings, get_engine, get_session_factory):
         cached.cache_clear()
 
 
@@ -123,3 +122,27 @@ def tokens(db: Path) -> dict[str, str]:
             name: create_user(session, name, is_admin=name == "root")[1]
             for name in ("alice", "bob", "root")
         }
+
+
+def register_test_host(name: str = "test-host", gpus: int = 4) -> None:
+    """Register host `name` with `gpus` simulated GPUs, as its worker would at start."""
+    from worker.gpus import discover
+    from worker.inventory import register_host
+
+    settings = get_settings().model_copy(update={"worker_name": name, "simulated_gpus": gpus})
+    with get_session_factory()() as session:
+        register_host(session, settings, discover(gpus)[0], "simulated")
+
+
+def place_and_claim(job_id: int, host: str = "test-host") -> int:
+    """Run a scheduling pass and claim `job_id` on `host` as its worker would; returns the
+    attempt. The host must be registered (register_test_host)."""
+    from worker import runs
+    from worker.scheduler import schedule
+
+    with get_session_factory()() as session:
+        placed = schedule(session, get_settings())
+        assert job_id in {p.job_id for p in placed}, f"job {job_id} was not placed: {placed}"
+        claim = runs.claim(session, job_id, host)
+        assert claim is not None
+        return claim.attempt

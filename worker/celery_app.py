@@ -9,10 +9,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from celery.signals import worker_shutting_down
+from celery.signals import worker_ready, worker_shutting_down
 
 from app.broker import make_celery
 from app.config import get_settings
+from app.db import get_session_factory
 
 celery = make_celery(get_settings())
 celery.conf.include = ["worker.tasks"]
@@ -25,3 +26,10 @@ shutdown_event = threading.Event()
 @worker_shutting_down.connect
 def _on_worker_shutting_down(**_: Any) -> None:
     shutdown_event.set()
+
+
+@worker_ready.connect
+def _start_host_agent(**_: Any) -> None:
+    from worker.host_agent import HostAgent
+
+    HostAgent(get_settings(), get_session_factory(), celery, shutdown_event).start()

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db import rows_changed
-from app.models import EPOCH_METRICS, Epoch, FailureReason, Job, JobStatus, utcnow
+from app.models import EPOCH_METRICS, Epoch, FailureReason, GpuLease, Job, JobStatus, utcnow
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,12 @@ def _owned(job_id: int, attempt: int) -> Any:
 
 
 def claim(session: Session, job_id: int, worker: str) -> Claim | None:
-    """queued -> running with attempt + 1, or None when the job is not queued (a duplicate)."""
+    """queued -> running with attempt + 1, or None when the job is not queued and placed on
+    this host (a duplicate delivery, a cancelled job, a message for another host)."""
     now = utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.queued)
+        .where(Job.id == job_id, Job.status == JobStatus.queued, Job.host == worker)
         .values(
             status=JobStatus.running,
             attempt=Job.attempt + 1,
@@ -104,6 +105,30 @@ def heartbeat(session: Session, job_id: int, attempt: int) -> tuple[bool, bool]:
     return True, row[0] is not None
 
 
+def leased_gpus(session: Session, job_id: int, attempt: int) -> list[int]:
+    """GPU indices this attempt holds (leased by the scheduler when it placed the job)."""
+    return list(
+        session.scalars(
+            select(GpuLease.gpu_index)
+            .where(
+                GpuLease.job_id == job_id,
+                GpuLease.attempt == attempt,
+                GpuLease.released_at.is_(None),
+            )
+            .order_by(GpuLease.gpu_index)
+        )
+    )
+
+
+def release_leases(session: Session, job_id: int) -> None:
+    """End the job's active leases. Callers do this only once its process group is gone."""
+    session.execute(
+        update(GpuLease)
+        .where(GpuLease.job_id == job_id, GpuLease.released_at.is_(None))
+        .values(released_at=utcnow())
+    )
+
+
 def finish(
     session: Session,
     job_id: int,
@@ -112,6 +137,7 @@ def finish(
     reason: FailureReason | None = None,
     message: str | None = None,
 ) -> bool:
+    """End the run and release its GPUs, in one transaction (the trainer is gone)."""
     result = session.execute(
         update(Job)
         .where(_owned(job_id, attempt))
@@ -122,8 +148,7 @@ def finish(
             failure_message=message,
         )
     )
-    session.commit()
-    return rows_changed(result) == 1
+    return _release_if(session, job_id, rows_changed(result) == 1)
 
 
 def requeue(session: Session, job_id: int, attempt: int) -> bool:
@@ -131,7 +156,15 @@ def requeue(session: Session, job_id: int, attempt: int) -> bool:
     result = session.execute(
         update(Job)
         .where(_owned(job_id, attempt))
-        .values(status=JobStatus.queued, heartbeat_at=None, worker=None)
+        .values(status=JobStatus.queued, heartbeat_at=None, worker=None, host=None, placed_at=None)
     )
-    session.commit()
-    return rows_changed(result) == 1
+    return _release_if(session, job_id, rows_changed(result) == 1)
+
+
+def _release_if(session: Session, job_id: int, owned: bool) -> bool:
+    if owned:
+        release_leases(session, job_id)
+        session.commit()
+    else:
+        session.rollback()
+    return owned

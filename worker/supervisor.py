@@ -28,12 +28,16 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.models import FailureReason, JobStatus
 from worker import runs
-from worker.trainer_config import trainer_config
+from worker.trainer_config import leased_devices, trainer_config
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 1.0
 _EOF = object()
+
+# Process groups of the trainers this worker runs: processes in them are ours, any other
+# process on a GPU is foreign (worker.gpus.foreign_pids).
+TRAINER_PGIDS: set[int] = set()
 
 
 @dataclass
@@ -131,10 +135,15 @@ class JobSupervisor:
 
     def run(self) -> RunOutcome:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        config_path = self.workdir / "config.json"
-        config_path.write_text(json.dumps(trainer_config(self.claim.spec, self.settings), indent=2))
+        config = trainer_config(self.claim.spec, self.settings)
         env = {**os.environ, "TRAINYARD_DATA_DIR": str(self.settings.data_dir)}
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+        with self.session_factory() as session:
+            devices = leased_devices(session, self.settings, self.claim)
+        config.update(devices.config)
+        env.update(devices.env)
+        config_path = self.workdir / "config.json"
+        config_path.write_text(json.dumps(config, indent=2))
         with self.log_path.open("a") as stderr:
             stderr.write(
                 f"=== attempt {self.claim.attempt} on {self.settings.worker_name} "
@@ -151,6 +160,7 @@ class JobSupervisor:
                 cwd=self.workdir,
                 start_new_session=True,
             )
+        TRAINER_PGIDS.add(process.pid)
         try:
             self._follow(process)
         finally:
@@ -158,6 +168,7 @@ class JobSupervisor:
             end_process_group(process, self.settings.cancel_grace_seconds)
             if process.stdin:
                 process.stdin.close()
+            TRAINER_PGIDS.discard(process.pid)
         self._settle(process.returncode)
         return self.outcome
 

@@ -20,8 +20,7 @@ def run_job(job_id: int) -> str:
     if outcome is None:
         return f"job {job_id}: not queued, dropped"
     if outcome.stopped_for_shutdown:
-        # The job is queued again in the database; a fresh message lets the next worker
-        # (or this one, restarted) resume it from its last checkpoint.
-        celery.send_task(RUN_JOB_TASK, args=[job_id])
+        # Queued again in the database: a scheduling pass places it anew and its next run
+        # resumes from the last checkpoint.
         return f"job {job_id}: requeued for shutdown"
     return f"job {job_id}: done"

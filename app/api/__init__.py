@@ -2,9 +2,10 @@
 
 from fastapi import APIRouter
 
-from app.api import datasets, health, jobs
+from app.api import datasets, gpus, health, jobs
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(jobs.router)
 api_router.include_router(datasets.router)
+api_router.include_router(gpus.router)

@@ -10,11 +10,11 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from app import jobs as job_queries
 from app.api.datasets import field_error
 from app.auth import UNAUTHORIZED, CurrentUser, current_user, require_owner_or_admin
-from app.broker import send_run_job
 from app.config import get_settings
 from app.datasets import get_dataset
 from app.db import SessionDep
-from app.models import EPOCH_METRICS, Job, JobStatus
+from app.hosts import live_hosts, too_few_gpus
+from app.models import EPOCH_METRICS, Job, JobStatus, utcnow
 from app.plots import render_history_png
 from app.schemas import EpochOut, JobOut, JobPage, JobSpec
 
@@ -39,18 +39,34 @@ def _job_or_404(session: SessionDep, job_id: int) -> Job:
     return job
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobOut,
+    responses={
+        403: {"description": "priority above 0 without being an admin."},
+        429: {"description": "Over the per-user limit of queued + running jobs."},
+    },
+)
 def submit_job(spec: JobSpec, session: SessionDep, user: CurrentUser) -> JobOut:
     """Submit a training job; it is queued and runs when a worker takes it."""
     if spec.priority > 0 and not user.is_admin:
         raise field_error("priority", "only admins may set priority above 0", 403)
     if isinstance(spec.dataset, int) and get_dataset(session, spec.dataset) is None:
         raise field_error("dataset", f"no uploaded dataset with id {spec.dataset}")
+    settings = get_settings()
+    hosts = live_hosts(session, settings, utcnow())
+    if spec.gpus and (why := too_few_gpus(hosts, spec.gpus)):
+        raise field_error("gpus", f"no host can ever run this job: {why}")
+    limit = settings.max_active_jobs_per_user
+    if limit and job_queries.active_jobs_of(session, user) >= limit:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"{user.name} has {limit} queued or running jobs, the limit "
+            "(TRAINYARD_MAX_ACTIVE_JOBS_PER_USER); submit again when one ends",
+        )
+    # Committed as queued; a worker's scheduling pass places it and sends it to its host.
     job = job_queries.create_job(session, spec, user)
-    try:
-        send_run_job(job.id)
-    except Exception:  # the row is committed: a worker's reconciler re-sends it
-        log.exception("job %s stored but not sent to the broker", job.id)
     return job_queries.to_out(session, job)
 
 

@@ -19,13 +19,14 @@ from sqlalchemy import func, select
 from app.db import get_session_factory
 from app.main import app
 from app.models import Job, JobStatus
-from tests.conftest import bearer
+from tests.conftest import bearer, place_and_claim, register_test_host
 from worker import runs
 
 
 @pytest.fixture
 def client(tokens: dict[str, str]) -> TestClient:
-    """Alice's client: a plain user."""
+    """Alice's client: a plain user. One worker host with 4 (simulated) GPUs is up."""
+    register_test_host()
     return TestClient(app, headers=bearer(tokens["alice"]))
 
 
@@ -36,9 +37,8 @@ def job_count() -> int:
 
 def run_epochs(job_id: int, epochs: int) -> int:
     """Claim the job as a worker would and record `epochs` epochs; returns the attempt."""
+    attempt = place_and_claim(job_id)
     with get_session_factory()() as session:
-        claim = runs.claim(session, job_id, "test-host")
-        assert claim is not None
         for epoch in range(1, epochs + 1):
             event = {
                 "epoch": epoch,
@@ -50,8 +50,8 @@ def run_epochs(job_id: int, epochs: int) -> int:
                 "seconds": 1.5,
                 "replicas": 1,
             }
-            assert runs.record_epoch(session, job_id, claim.attempt, event)
-        return claim.attempt
+            assert runs.record_epoch(session, job_id, attempt, event)
+        return attempt
 
 
 def test_submit_returns_the_stored_job_with_defaults(client: TestClient) -> None:

@@ -5,19 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.db import get_session_factory
 from app.models import Epoch, FailureReason, Job, JobStatus
 from worker import runs
 
 
-def new_job() -> int:
+def new_job(host: str = "host-a") -> int:
+    """A CPU job already placed on `host` (placement is the scheduler's, tested elsewhere)."""
     with get_session_factory()() as session:
-        job = Job(status=JobStatus.queued, spec={"epochs": 3}, attempt=0)
+        job = Job(status=JobStatus.queued, spec={"epochs": 3, "gpus": 0}, attempt=0, host=host)
         session.add(job)
         session.commit()
         return job.id
+
+
+def place(job_id: int, host: str) -> None:
+    with get_session_factory()() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(host=host))
+        session.commit()
 
 
 def epoch(number: int, loss: float = 1.0, **extra: Any) -> dict[str, Any]:
@@ -48,6 +55,7 @@ def test_stale_attempt_writes_are_refused(db: Path) -> None:
         assert old is not None
         assert runs.record_epoch(session, job_id, old.attempt, epoch(1))
         assert runs.requeue(session, job_id, old.attempt)
+        place(job_id, "host-b")
         new = runs.claim(session, job_id, "host-b")
         assert new is not None and new.attempt == old.attempt + 1
         # The first run still believes it owns the job: every write of it is refused.
@@ -72,6 +80,7 @@ def test_each_epoch_recorded_once(db: Path) -> None:
         # The same epoch again from the same attempt: kept once, first record wins.
         assert runs.record_epoch(session, job_id, first.attempt, epoch(2, loss=7.0))
         assert runs.requeue(session, job_id, first.attempt)
+        place(job_id, "host-a")
         second = runs.claim(session, job_id, "host-a")
         assert second is not None
         # A resumed trainer replays its checkpointed history: nothing changes.

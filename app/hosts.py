@@ -1,0 +1,49 @@
+"""Queries on worker hosts and their GPUs, shared by the API and the scheduler."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.models import GpuLease, Host, Job
+
+
+def live_hosts(session: Session, settings: Settings, now: datetime) -> list[Host]:
+    """Hosts whose worker reported within the host timeout."""
+    cutoff = now - timedelta(seconds=settings.host_timeout_seconds)
+    return list(
+        session.scalars(select(Host).where(Host.last_heartbeat >= cutoff).order_by(Host.name))
+    )
+
+
+def all_hosts(session: Session) -> list[Host]:
+    return list(session.scalars(select(Host).order_by(Host.name)))
+
+
+def largest_host(hosts: list[Host]) -> Host | None:
+    return max(hosts, key=lambda h: (len(h.gpus), h.name), default=None)
+
+
+def too_few_gpus(hosts: list[Host], need: int) -> str | None:
+    """Why no host can ever run a job needing `need` GPUs, or None if one can."""
+    largest = largest_host(hosts)
+    if largest is None or len(largest.gpus) >= need:
+        return None
+    return f"needs {need} GPUs on one host; the largest host {largest.name} has {len(largest.gpus)}"
+
+
+def active_leases(session: Session) -> list[GpuLease]:
+    return list(session.scalars(select(GpuLease).where(GpuLease.released_at.is_(None))))
+
+
+def holders(session: Session) -> dict[tuple[str, int], Job]:
+    """(host, GPU index) -> the job holding it."""
+    leases = active_leases(session)
+    jobs = {
+        job.id: job
+        for job in session.scalars(select(Job).where(Job.id.in_({x.job_id for x in leases})))
+    }
+    return {(lease.host, lease.gpu_index): jobs[lease.job_id] for lease in leases}

@@ -1,0 +1,81 @@
+"""The worker's background duties: report this host and its GPUs, schedule, reconcile."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from celery import Celery
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from app.broker import RUN_JOB_TASK
+from app.config import Settings
+from worker.gpus import discover, pids_in_process_groups
+from worker.inventory import heartbeat_host, register_host
+from worker.reconcile import reconcile, recover_own_orphans
+from worker.scheduler import Placement, schedule
+from worker.supervisor import TRAINER_PGIDS
+
+log = logging.getLogger(__name__)
+
+
+class HostAgent(threading.Thread):
+    """Registers the host, then heartbeats, schedules and reconciles until `stop` is set.
+
+    Every worker runs one; scheduling passes are serialised by the database (an advisory
+    lock on PostgreSQL, the write lock on SQLite), so several hosts can share the work.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: Callable[[], Session],
+        celery: Celery,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name="trainyard-host-agent", daemon=True)
+        self.settings = settings
+        self.session_factory = session_factory
+        self.celery = celery
+        self.stop = stop
+
+    def run(self) -> None:
+        gpus, source = discover(self.settings.simulated_gpus)
+        with self.session_factory() as session:
+            recover_own_orphans(session, self.settings)
+            register_host(session, self.settings, gpus, source)
+        log.info("host %s registered: %d GPUs (%s)", self.settings.worker_name, len(gpus), source)
+        next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
+        while not self.stop.is_set():
+            try:
+                if time.monotonic() >= next_heartbeat:
+                    self.heartbeat()
+                    next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
+                self.schedule_once()
+            except SQLAlchemyError:
+                # A scheduling race lost or the database briefly away: try again next tick.
+                log.warning("host agent pass failed; retrying", exc_info=True)
+            self.stop.wait(self.settings.schedule_seconds)
+
+    def heartbeat(self) -> None:
+        gpus, _ = discover(self.settings.simulated_gpus)
+        own = pids_in_process_groups(set(TRAINER_PGIDS))
+        with self.session_factory() as session:
+            heartbeat_host(session, self.settings, gpus, own)
+
+    def schedule_once(self) -> None:
+        with self.session_factory() as session:
+            resend = reconcile(session, self.settings)
+        with self.session_factory() as session:
+            placed = schedule(session, self.settings)
+        for placement in [*resend, *placed]:
+            self.send(placement)
+
+    def send(self, placement: Placement) -> None:
+        log.info(
+            "job %s -> host %s GPUs %s", placement.job_id, placement.host, placement.gpu_indices
+        )
+        self.celery.send_task(RUN_JOB_TASK, args=[placement.job_id], queue=placement.queue)

@@ -1,0 +1,178 @@
+"""Placement: which queued job starts next, on which host, with which GPUs.
+
+The rule (the README repeats it): queued jobs are considered by priority (higher first),
+then submission order. A job starts as soon as one live host has enough free GPUs for it
+(and a CPU slot, for `gpus: 0`). When a job that needs GPUs cannot start, every host it
+could ever fit on is reserved for it: no later job of equal or lower priority is placed on
+those hosts until it has started. So a 4-GPU job is never starved by a stream of 1-GPU
+jobs, at the price of idle GPUs while it waits. Jobs held back only by their owner's GPU
+quota reserve nothing.
+
+A pass runs in one transaction. Leases are inserted all-or-nothing with the job's
+placement; a partial unique index allows one active lease per GPU, so two schedulers
+racing can never lease a GPU twice (the loser's transaction fails and retries later).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db import rows_changed
+from app.hosts import active_leases, live_hosts, too_few_gpus
+from app.models import GpuLease, Host, Job, JobStatus, utcnow
+
+# pg_advisory_xact_lock key: one scheduling pass at a time across all workers.
+_SCHEDULER_LOCK = 0x7472_6169
+
+
+@dataclass(frozen=True)
+class Placement:
+    job_id: int
+    host: str
+    queue: str
+    gpu_indices: tuple[int, ...]
+
+
+def queued_in_order(session: Session) -> list[Job]:
+    """Jobs waiting for a placement, in the order the scheduler considers them."""
+    return list(
+        session.scalars(
+            select(Job)
+            .where(Job.status == JobStatus.queued, Job.host.is_(None))
+            .order_by(Job.priority.desc(), Job.id)
+        )
+    )
+
+
+def _lock(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEDULER_LOCK})
+
+
+def schedule(session: Session, settings: Settings) -> list[Placement]:
+    """One pass: place what can start, note why the rest waits. Commits; returns the
+    placements, whose run messages the caller sends."""
+    _lock(session)
+    now = utcnow()
+    hosts = live_hosts(session, settings, now)
+    leases = active_leases(session)
+    leased = {(lease.host, lease.gpu_index) for lease in leases}
+    free: dict[str, list[int]] = {
+        host.name: [
+            gpu.index
+            for gpu in host.gpus
+            if (host.name, gpu.index) not in leased and not gpu.foreign_pids
+        ]
+        for host in hosts
+    }
+    cpu_busy: dict[str, int] = dict(
+        session.execute(  # type: ignore[arg-type]  # Job.host is not NULL here
+            select(Job.host, func.count())
+            .where(Job.host.is_not(None), Job.status.in_([JobStatus.queued, JobStatus.running]))
+            .where(Job.spec["gpus"].as_integer() == 0)
+            .group_by(Job.host)
+        ).all()
+    )
+    held: dict[int | None, int] = defaultdict(int)
+    lease_jobs = {lease.job_id for lease in leases}
+    for job_id, owner_id in session.execute(
+        select(Job.id, Job.owner_id).where(Job.id.in_(lease_jobs))
+    ).all():
+        held[owner_id] += sum(1 for lease in leases if lease.job_id == job_id)
+
+    placements: list[Placement] = []
+    reserved: dict[str, int] = {}  # host -> the waiting job it is held for
+    for job in queued_in_order(session):
+        need = int(job.spec.get("gpus", 0))
+        if need == 0:
+            placement = _place_cpu_job(session, job, hosts, cpu_busy, now)
+        else:
+            placement = _place_gpu_job(
+                session, settings, job, need, hosts, free, reserved, held, now
+            )
+        if placement is not None:
+            placements.append(placement)
+    session.commit()
+    return placements
+
+
+def _claim_placement(session: Session, job: Job, host: Host, now: datetime) -> bool:
+    """Conditionally mark `job` placed: a racing pass that placed it first wins."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == JobStatus.queued, Job.host.is_(None))
+        .values(host=host.name, placed_at=now, waiting_reason=None)
+    )
+    return rows_changed(result) == 1
+
+
+def _place_cpu_job(
+    session: Session, job: Job, hosts: list[Host], cpu_busy: dict[str, int], now: datetime
+) -> Placement | None:
+    open_hosts = [h for h in hosts if cpu_busy.get(h.name, 0) < h.cpu_slots]
+    if not open_hosts:
+        _wait(session, job, "no worker host is up" if not hosts else "waits for a CPU slot")
+        return None
+    host = min(open_hosts, key=lambda h: (cpu_busy.get(h.name, 0), h.name))
+    if not _claim_placement(session, job, host, now):
+        return None
+    cpu_busy[host.name] = cpu_busy.get(host.name, 0) + 1
+    return Placement(job.id, host.name, host.queue, ())
+
+
+def _place_gpu_job(
+    session: Session,
+    settings: Settings,
+    job: Job,
+    need: int,
+    hosts: list[Host],
+    free: dict[str, list[int]],
+    reserved: dict[str, int],
+    held: dict[int | None, int],
+    now: datetime,
+) -> Placement | None:
+    quota = settings.max_gpus_per_user
+    if quota and held[job.owner_id] + need > quota:
+        _wait(
+            session,
+            job,
+            f"owner's GPU quota: holds {held[job.owner_id]} of {quota}, this job needs {need}",
+        )
+        return None
+    fitting = [h for h in hosts if len(h.gpus) >= need]
+    if not fitting:
+        _wait(session, job, too_few_gpus(hosts, need) or "no worker host is up")
+        return None
+    ready = [h for h in fitting if h.name not in reserved and len(free[h.name]) >= need]
+    if not ready:
+        best = max(fitting, key=lambda h: (len(free[h.name]), h.name))
+        reason = f"needs {need} GPUs on one host; host {best.name} has {len(free[best.name])} free"
+        if best.name in reserved:
+            reason += f" and is held for job {reserved[best.name]}, queued earlier"
+        _wait(session, job, reason)
+        for host in fitting:
+            reserved.setdefault(host.name, job.id)
+        return None
+    # Best fit: the host left with the fewest free GPUs keeps larger blocks for larger jobs.
+    host = min(ready, key=lambda h: (len(free[h.name]) - need, h.name))
+    indices = tuple(sorted(free[host.name])[:need])
+    if not _claim_placement(session, job, host, now):
+        return None
+    for index in indices:
+        session.add(
+            GpuLease(job_id=job.id, attempt=job.attempt + 1, host=host.name, gpu_index=index)
+        )
+    free[host.name] = [i for i in free[host.name] if i not in indices]
+    held[job.owner_id] += need
+    return Placement(job.id, host.name, host.queue, indices)
+
+
+def _wait(session: Session, job: Job, reason: str) -> None:
+    if job.waiting_reason != reason:
+        job.waiting_reason = reason
