@@ -1,0 +1,231 @@
+"""End-to-end trainings through `python -m worker.training --json`, as the supervisor runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import FAST, parse_events, trainer_env
+
+pytestmark = pytest.mark.training
+
+
+def test_minigooglenet_has_the_seed_parameter_count() -> None:
+    import keras
+
+    from worker.training.models import build_minigooglenet
+
+    model = build_minigooglenet((32, 32, 3), 10)
+    assert model.count_params() == 1_656_250
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        mixed = build_minigooglenet((32, 32, 3), 10)
+        # The softmax must stay float32 under mixed precision; the convs compute in bfloat16.
+        assert mixed.layers[-1].compute_dtype == "float32"
+        assert mixed.layers[1].compute_dtype == "bfloat16"
+        assert mixed.count_params() == 1_656_250
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    with pytest.raises(ValueError, match="32x32"):
+        build_minigooglenet((28, 28, 1), 10)
+
+
+def test_two_cpu_replicas_train_and_keep_two_checkpoints(trainer, tmp_path: Path) -> None:
+    run = trainer(
+        *FAST,
+        "--cpu-replicas", "2", "--dataset", "synthetic", "--epochs", "3",
+        "--batch-size", "16", "--workdir", "run",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    started = run.one("started")
+    assert started["replicas"] == 2
+    assert started["devices"] == ["/cpu:0", "/cpu:1"]
+    assert started["global_batch"] == 32
+    assert started["params"] == 1_656_250
+    assert started["initial_epoch"] == 0
+    epochs = run.of("epoch")
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert all(e["replicas"] == 2 and e["replayed"] is False for e in epochs)
+    # The seed's poly decay, power 1: base * (1 - e / epochs) for 0-based e.
+    assert [e["lr"] for e in epochs] == pytest.approx([0.005, 0.005 * 2 / 3, 0.005 / 3])
+    assert all(np.isfinite(e["val_loss"]) and e["seconds"] > 0 for e in epochs)
+    finished = run.one("finished")
+    assert finished["epochs"] == 3
+    assert Path(finished["model_path"]).is_file()
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == ["epoch-0002.npz", "epoch-0003.npz"]
+
+
+def test_digits_learns(trainer) -> None:
+    # Calibrated on the 2-core CI CPU: seeds 1-3 reached val_accuracy 0.81-0.86 after these
+    # 2 epochs; a model that does not learn stays near 0.1.
+    run = trainer(
+        *FAST,
+        "--dataset", "digits", "--epochs", "2", "--batch-size", "32", "--lr", "0.01",
+        "--seed", "1", "--workdir", "run",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    started = run.one("started")
+    assert (started["train_images"], started["test_images"]) == (1347, 450)
+    assert started["input_shape"] == [32, 32, 3]
+    assert run.of("epoch")[-1]["val_accuracy"] >= 0.6
+
+
+def test_resume_after_sigkill_records_every_epoch_once(tmp_path: Path) -> None:
+    epochs, kill_after = 4, 2
+    command = [
+        sys.executable, "-m", "worker.training", "--json", *FAST,
+        "--dataset", "synthetic", "--epochs", str(epochs), "--batch-size", "32",
+        "--workdir", "run", "--seed", "7",
+    ]  # fmt: skip
+    first = subprocess.Popen(
+        command, cwd=tmp_path, env=trainer_env(tmp_path), stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    first_events = []
+    assert first.stdout is not None
+    try:
+        for line in first.stdout:
+            event = json.loads(line)
+            first_events.append(event)
+            if event["event"] == "epoch" and event["epoch"] == kill_after:
+                first.send_signal(signal.SIGKILL)
+                break
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+    kinds = [(e["event"], e.get("epoch")) for e in first_events]
+    # The checkpoint is written, and announced, before its epoch.
+    assert kinds.index(("checkpoint", 1)) < kinds.index(("epoch", 1))
+
+    second = subprocess.run(
+        command, cwd=tmp_path, env=trainer_env(tmp_path), capture_output=True, text=True,
+        timeout=150, check=False,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr[-3000:]
+    second_events = parse_events(second.stdout)
+    started = next(e for e in second_events if e["event"] == "started")
+    assert started["initial_epoch"] >= kill_after
+    replayed = [e for e in second_events if e["event"] == "epoch" and e["replayed"]]
+    assert [e["epoch"] for e in replayed] == list(range(1, started["initial_epoch"] + 1))
+
+    # Dedupe as a supervisor would: the first record of each epoch wins.
+    recorded: dict[int, dict] = {}
+    for event in first_events + second_events:
+        if event["event"] == "epoch":
+            recorded.setdefault(event["epoch"], event)
+    assert sorted(recorded) == list(range(1, epochs + 1))
+    fresh = [e for e in second_events if e["event"] == "epoch" and not e["replayed"]]
+    assert [e["epoch"] for e in fresh] == list(range(started["initial_epoch"] + 1, epochs + 1))
+    # The LR schedule continues where it stopped: epoch k+1 uses base * (1 - k / epochs).
+    for event in fresh:
+        assert event["lr"] == pytest.approx(0.005 * (1 - (event["epoch"] - 1) / epochs))
+    assert [e["event"] for e in second_events][-1] == "finished"
+
+
+def test_huge_learning_rate_fails_with_nan_loss(trainer) -> None:
+    run = trainer(*FAST, "--dataset", "synthetic", "--epochs", "3", "--lr", "10")
+    assert run.returncode == 3, run.stderr[-3000:]
+    failed = run.one("failed")
+    assert failed["reason"] == "nan_loss"
+    assert "lr=10" in failed["message"] and "epoch" in failed["message"]
+    assert not run.of("finished")
+
+
+def test_gpus_on_a_machine_without_them_is_a_user_error(trainer) -> None:
+    run = trainer("--gpus", "1", "--dataset", "synthetic", "--epochs", "1")
+    assert run.returncode == 2
+    failed = run.one("failed")
+    assert failed["reason"] == "user_error"
+    assert "needs 1 GPUs, 0 visible" in failed["message"]
+    assert not run.of("started")
+
+
+def test_cifar10_offline_names_the_file_and_folder(trainer, tmp_path: Path) -> None:
+    run = trainer(*FAST, "--dataset", "cifar10", "--epochs", "1")
+    assert run.returncode == 2
+    failed = run.one("failed")
+    assert failed["reason"] == "user_error"
+    assert "cifar-10-python.tar.gz" in failed["message"]
+    assert str(tmp_path / "data" / "datasets") in failed["message"]
+
+
+def test_good_npz_trains_one_epoch_resized_to_32(trainer, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "small.npz"
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (64, 16, 16, 1), dtype=np.uint8),
+        y_train=np.arange(64) % 4,
+        x_test=rng.random((16, 16, 16, 1), dtype=np.float32),
+        y_test=(np.arange(16) % 4).reshape(-1, 1),
+    )
+    run = trainer(*FAST, "--dataset", str(path), "--epochs", "1", "--batch-size", "16")
+    assert run.returncode == 0, run.stderr[-3000:]
+    started = run.one("started")
+    assert started["input_shape"] == [32, 32, 1]
+    assert started["classes"] == 4
+    assert (started["train_images"], started["test_images"]) == (64, 16)
+    assert [e["epoch"] for e in run.of("epoch")] == [1]
+    assert run.one("finished")["epochs"] == 1
+
+
+def test_malformed_npz_is_a_user_error_naming_the_key(trainer, tmp_path: Path) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, x_train=np.zeros((8, 16, 16, 3), np.uint8), y_train=np.arange(8) % 2)
+    run = trainer(*FAST, "--dataset", str(path), "--epochs", "1")
+    assert run.returncode == 2
+    assert "missing key x_test" in run.one("failed")["message"]
+
+
+def test_human_mode_prints_progress_and_writes_the_plot(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [
+            sys.executable, "-m", "worker.training", *FAST, "--dataset", "synthetic",
+            "--epochs", "1", "--output", "plot.png", "--workdir", "run",
+        ],
+        cwd=tmp_path, env=trainer_env(tmp_path), capture_output=True, text=True, timeout=150,
+        check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    out = completed.stdout
+    assert "Epoch 1/1 - " in out
+    for metric in ("loss: ", "accuracy: ", "val_loss: ", "val_accuracy: "):
+        assert metric in out
+    assert '{"event"' not in out
+    plot = tmp_path / "plot.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot.stat().st_size > 10_000  # a real chart, not an empty canvas
+
+
+def test_exits_when_stdin_closes(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "worker.training", "--json", "--exit-on-stdin-eof", *FAST,
+            "--dataset", "synthetic", "--epochs", "1000", "--workdir", "run",
+        ],
+        cwd=tmp_path, env=trainer_env(tmp_path), stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        first = json.loads(process.stdout.readline())
+        assert first["event"] == "started"
+        process.stdin.close()  # what the OS does when the supervisor dies
+        started = time.monotonic()
+        process.wait(timeout=20)
+        assert time.monotonic() - started < 20
+        assert process.returncode != 0
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()

@@ -1,0 +1,159 @@
+"""Placement and leases on the database (both backends): order, no starvation, quotas,
+foreign GPUs, all-or-nothing leases, lost hosts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from app.config import get_settings
+from app.db import get_session_factory
+from app.models import Gpu, GpuLease, Host, Job, JobStatus, utcnow
+from app.users import create_user
+from tests.conftest import register_test_host
+from worker import runs
+from worker.reconcile import reconcile
+from worker.scheduler import schedule
+
+
+@pytest.fixture
+def owners(db: Path) -> dict[str, int]:
+    with get_session_factory()() as session:
+        return {name: create_user(session, name)[0].id for name in ("alice", "bob")}
+
+
+def submit(owner: int, gpus: int, priority: int = 0) -> int:
+    with get_session_factory()() as session:
+        job = Job(status=JobStatus.queued, spec={"gpus": gpus}, owner_id=owner, priority=priority)
+        session.add(job)
+        session.commit()
+        return job.id
+
+
+def run_pass(**settings: Any) -> dict[int, tuple[int, ...]]:
+    with get_session_factory()() as session:
+        placed = schedule(session, get_settings().model_copy(update=settings))
+    return {p.job_id: p.gpu_indices for p in placed}
+
+
+def start_and_finish(job_id: int, host: str = "test-host") -> None:
+    with get_session_factory()() as session:
+        claim = runs.claim(session, job_id, host)
+        assert claim is not None
+        assert runs.finish(session, job_id, claim.attempt, JobStatus.succeeded)
+
+
+def job(job_id: int) -> Job:
+    with get_session_factory()() as session:
+        found = session.get(Job, job_id)
+        assert found is not None
+        return found
+
+
+def test_fifo_without_starvation(owners: dict[str, int]) -> None:
+    """The issue's scenario: A(2), B(2), C(4), D(1) on one host with 4 GPUs."""
+    register_test_host(gpus=4)
+    alice = owners["alice"]
+    a, b, c, d = submit(alice, 2), submit(alice, 2), submit(alice, 4), submit(alice, 1)
+    assert run_pass() == {a: (0, 1), b: (2, 3)}
+    assert job(c).waiting_reason == "needs 4 GPUs on one host; host test-host has 0 free"
+    assert "held for job" in (job(d).waiting_reason or "")
+    start_and_finish(a)
+    assert run_pass() == {}  # 2 GPUs free, but C waits for 4 and D may not overtake it
+    assert job(d).host is None
+    start_and_finish(b)
+    assert run_pass() == {c: (0, 1, 2, 3)}
+    start_and_finish(c)
+    assert run_pass() == {d: (0,)}
+
+
+def test_priority_first_then_submission_order(owners: dict[str, int]) -> None:
+    register_test_host(gpus=1)
+    early = submit(owners["alice"], 1)
+    urgent = submit(owners["bob"], 1, priority=5)
+    assert run_pass() == {urgent: (0,)}
+    assert job(early).waiting_reason == "needs 1 GPUs on one host; host test-host has 0 free"
+
+
+def test_smaller_job_may_use_a_host_the_blocked_job_cannot_fit(owners: dict[str, int]) -> None:
+    register_test_host("big", gpus=4)
+    register_test_host("small", gpus=1)
+    filler = submit(owners["alice"], 2)
+    assert run_pass() == {filler: (0, 1)}
+    big_job = submit(owners["alice"], 4)
+    tiny = submit(owners["bob"], 1)
+    placed = run_pass()
+    assert big_job not in placed
+    assert placed == {tiny: (0,)}
+    assert job(tiny).host == "small"  # never on "big", which is held for big_job
+
+
+def test_gpu_quota_makes_a_job_wait_without_blocking_others(owners: dict[str, int]) -> None:
+    register_test_host(gpus=4)
+    first = submit(owners["alice"], 2)
+    over = submit(owners["alice"], 1)
+    other = submit(owners["bob"], 1)
+    assert run_pass(max_gpus_per_user=2) == {first: (0, 1), other: (2,)}
+    assert job(over).waiting_reason == "owner's GPU quota: holds 2 of 2, this job needs 1"
+
+
+def test_foreign_gpu_is_never_leased(owners: dict[str, int]) -> None:
+    register_test_host(gpus=2)
+    with get_session_factory()() as session:
+        session.execute(update(Gpu).where(Gpu.index == 0).values(foreign_pids=[4242]))
+        session.commit()
+    one = submit(owners["alice"], 1)
+    two = submit(owners["bob"], 1)
+    assert run_pass() == {one: (1,)}
+    assert job(two).waiting_reason == "needs 1 GPUs on one host; host test-host has 0 free"
+
+
+def test_a_gpu_has_one_active_lease_at_most(owners: dict[str, int]) -> None:
+    register_test_host(gpus=2)
+    holder = submit(owners["alice"], 1)
+    assert run_pass() == {holder: (0,)}
+    other = submit(owners["bob"], 1)
+    with get_session_factory()() as session:
+        session.add(GpuLease(job_id=other, attempt=1, host="test-host", gpu_index=0))
+        with pytest.raises(IntegrityError):
+            session.commit()
+
+
+def test_lease_ends_with_the_run_and_history_is_kept(owners: dict[str, int]) -> None:
+    register_test_host(gpus=2)
+    job_id = submit(owners["alice"], 2)
+    run_pass()
+    start_and_finish(job_id)
+    with get_session_factory()() as session:
+        leases = list(session.scalars(select(GpuLease).where(GpuLease.job_id == job_id)))
+    assert sorted(lease.gpu_index for lease in leases) == [0, 1]
+    assert all(lease.released_at is not None and lease.attempt == 1 for lease in leases)
+
+
+def test_no_host_big_enough_explains_itself(owners: dict[str, int]) -> None:
+    register_test_host(gpus=2)
+    job_id = submit(owners["alice"], 3)
+    assert run_pass() == {}
+    assert job(job_id).waiting_reason == (
+        "needs 3 GPUs on one host; the largest host test-host has 2"
+    )
+
+
+def test_lost_host_requeues_its_runs_and_frees_their_gpus(owners: dict[str, int]) -> None:
+    register_test_host(gpus=2)
+    job_id = submit(owners["alice"], 2)
+    run_pass()
+    with get_session_factory()() as session:
+        assert runs.claim(session, job_id, "test-host") is not None
+        session.execute(update(Host).values(last_heartbeat=utcnow() - timedelta(seconds=3600)))
+        session.commit()
+        reconcile(session, get_settings())
+    lost = job(job_id)
+    assert (lost.status, lost.host, lost.attempt) == (JobStatus.queued, None, 1)
+    register_test_host(gpus=2)  # the host comes back
+    assert run_pass() == {job_id: (0, 1)}
