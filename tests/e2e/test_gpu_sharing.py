@@ -8,7 +8,6 @@ held by two jobs at once; each trainer ran as many replicas as it had GPUs lease
 from __future__ import annotations
 
 import itertools
-import itertools
 import sqlite3
 import time
 from datetime import datetime
