@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from app import cli_client
 from app.config import Settings, get_settings
 
 cli = typer.Typer(
@@ -201,6 +202,9 @@ def train(ctx: typer.Context) -> None:
     from worker.training.__main__ import main as train_main
 
     raise typer.Exit(train_main(list(ctx.args)))
+
+
+cli_client.register(cli)
 
 
 def main() -> None:

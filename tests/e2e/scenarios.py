@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -51,3 +54,34 @@ def running_job_cancels_within_seconds(client: httpx.Client, data_dir: Path) -> 
     assert time.monotonic() - started < 15
     assert trainer_pids(job_dir) == []
     assert job["current_epoch"] < 200
+
+
+def cli_session(env: dict[str, str], workdir: Path) -> None:
+    """The `trainyard` client commands against the live service, as a person uses them."""
+
+    def trainyard(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", *args],
+            env={**env, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=workdir,
+        )
+
+    submitted = trainyard(
+        "submit", "--dataset", "synthetic", "--epochs", "2", "--gpus", "0", "--wait"
+    )
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert "succeeded" in submitted.stdout
+    job_id = submitted.stdout.split()[1]
+    listing = trainyard("status")
+    assert listing.returncode == 0 and "succeeded" in listing.stdout and "2/2" in listing.stdout
+    plot = trainyard("plot", job_id, "--output", "p.png")
+    assert plot.returncode == 0
+    assert (workdir / "p.png").read_bytes().startswith(b"\x89PNG")
+    gpus = trainyard("gpus")
+    assert gpus.returncode == 0 and socket.gethostname() in gpus.stdout, gpus.stdout
+    bad = trainyard("submit", "--dataset", "synthetic", "--epochs", "0")
+    assert bad.returncode == 1
+    assert "epochs: Input should be greater than or equal to 1" in bad.stdout

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.training
 def test_embedded_up_trains_records_and_cancels(data_dir: Path, tmp_path: Path) -> None:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    with processes([["up", "--port", str(port)]], service_env(data_dir), tmp_path / "logs"):
+    env = service_env(data_dir, url=base_url)
+    with processes([["up", "--port", str(port)]], env, tmp_path / "logs"):
         wait_healthy(base_url)
         assert (data_dir / "trainyard.db").exists()
         # First start: an admin was created and its token kept for the owner only.
@@ -27,3 +28,4 @@ def test_embedded_up_trains_records_and_cancels(data_dir: Path, tmp_path: Path) 
             assert client.get("/jobs").status_code == 200
             scenarios.job_succeeds_with_every_epoch_once(client)
             scenarios.running_job_cancels_within_seconds(client, data_dir)
+        scenarios.cli_session(env, tmp_path)

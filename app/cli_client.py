@@ -1,0 +1,205 @@
+"""`trainyard` commands for a running service: submit, status, logs, plot, cancel, gpus."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from app.client import ApiError, Client
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+console = Console()
+
+UrlOption = Annotated[
+    str | None, typer.Option("--url", help="Service URL (default $TRAINYARD_URL or :8000).")
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option("--token", help="Bearer token (default $TRAINYARD_TOKEN or the admin token)."),
+]
+
+
+def _client(url: str | None, token: str | None) -> Client:
+    return Client(url, token)
+
+
+def _fail(error: ApiError) -> typer.Exit:
+    console.print(f"[red]error:[/red] {error}")
+    return typer.Exit(1)
+
+
+def submit(
+    dataset: Annotated[str, typer.Option(help="cifar10, digits, synthetic or a dataset id.")],
+    epochs: Annotated[int | None, typer.Option()] = None,
+    gpus: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    name: Annotated[str | None, typer.Option()] = None,
+    priority: Annotated[int | None, typer.Option()] = None,
+    spec: Annotated[
+        Path | None, typer.Option(help="JSON file with more spec fields; flags override it.")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job to its end.")] = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Submit a training job; with --wait, show a progress bar per epoch until it ends."""
+    body: dict[str, Any] = json.loads(spec.read_text()) if spec else {}
+    flags: dict[str, Any] = {"epochs": epochs, "gpus": gpus, "lr": lr, "batch_size": batch_size}
+    flags |= {"name": name, "priority": priority}
+    body |= {key: value for key, value in flags.items() if value is not None}
+    body["dataset"] = int(dataset) if dataset.isdigit() else dataset
+    client = _client(url, token)
+    try:
+        job = client.json("POST", "/jobs", json=body)
+        console.print(f"job {job['id']} {job['status']}")
+        if wait:
+            job = follow(client, job)
+    except ApiError as error:
+        raise _fail(error) from error
+    if wait and job["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def follow(client: Client, job: dict[str, Any]) -> dict[str, Any]:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[metrics]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"job {job['id']}", total=job["spec"]["epochs"], metrics="")
+        while job["status"] not in TERMINAL:
+            time.sleep(1)
+            job = client.json("GET", f"/jobs/{job['id']}")
+            last = job.get("last_metrics") or {}
+            metrics = f"loss {last['loss']:.4f} val_acc {last['val_accuracy']:.4f}" if last else ""
+            waiting = job.get("waiting_reason") or ""
+            progress.update(
+                task,
+                completed=job.get("current_epoch") or 0,
+                metrics=metrics or waiting or job["status"],
+            )
+    style = "green" if job["status"] == "succeeded" else "red"
+    console.print(f"job {job['id']} [{style}]{job['status']}[/{style}]")
+    if job.get("failure_message"):
+        console.print(f"{job['failure_reason']}: {job['failure_message']}")
+    return job
+
+
+def status(
+    job_id: Annotated[int | None, typer.Argument(help="A job; none lists recent jobs.")] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Show one job, or a table of the most recent jobs."""
+    try:
+        client = _client(url, token)
+        if job_id is not None:
+            console.print_json(data=client.json("GET", f"/jobs/{job_id}"))
+            return
+        page = client.json("GET", "/jobs", params={"limit": 30})
+    except ApiError as error:
+        raise _fail(error) from error
+    table = Table("id", "name", "owner", "status", "gpus", "epoch", "val_acc", "waiting / failure")
+    for job in page["items"]:
+        last = job.get("last_metrics") or {}
+        table.add_row(
+            str(job["id"]),
+            job["name"] or "",
+            job["owner"] or "",
+            job["status"],
+            str(job["spec"]["gpus"]),
+            f"{job['current_epoch'] or 0}/{job['spec']['epochs']}",
+            f"{last['val_accuracy']:.4f}" if last.get("val_accuracy") is not None else "",
+            job["waiting_reason"] or job["failure_reason"] or "",
+        )
+    console.print(table)
+
+
+def logs(
+    job_id: int,
+    tail: Annotated[int | None, typer.Option(help="Only the last N lines.")] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Print a job's trainer log."""
+    params = {"tail": tail} if tail else {}
+    try:
+        text = _client(url, token).request("GET", f"/jobs/{job_id}/logs", params=params).text
+    except ApiError as error:
+        raise _fail(error) from error
+    typer.echo(text, nl=False)
+
+
+def plot(
+    job_id: int,
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("plot.png"),
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Download a job's loss/accuracy plot (PNG)."""
+    try:
+        output.write_bytes(_client(url, token).request("GET", f"/jobs/{job_id}/plot.png").content)
+    except ApiError as error:
+        raise _fail(error) from error
+    console.print(f"wrote {output}")
+
+
+def cancel(job_id: int, url: UrlOption = None, token: TokenOption = None) -> None:
+    """Cancel a job (yours, or any as an admin)."""
+    try:
+        job = _client(url, token).json("POST", f"/jobs/{job_id}/cancel")
+    except ApiError as error:
+        raise _fail(error) from error
+    console.print(
+        f"job {job_id} {job['status']}" + (" (stopping)" if job["status"] == "running" else "")
+    )
+
+
+def gpus(url: UrlOption = None, token: TokenOption = None) -> None:
+    """Show every host's GPUs: free, leased (job and user) or foreign."""
+    try:
+        hosts = _client(url, token).json("GET", "/gpus")
+    except ApiError as error:
+        raise _fail(error) from error
+    table = Table("host", "gpu", "name", "memory MiB", "util %", "state", "job", "user")
+    for host in hosts:
+        label = host["name"] + (" (simulated)" if host["simulated"] else "")
+        label += "" if host["alive"] else " [red](down)[/red]"
+        if not host["gpus"]:
+            table.add_row(label, "-", "no GPUs", "", "", "", "", "")
+        for gpu in host["gpus"]:
+            memory = (
+                f"{gpu['memory_used_mib']}/{gpu['memory_total_mib']}"
+                if gpu["memory_total_mib"]
+                else ""
+            )
+            state = gpu["state"]
+            if state == "foreign":
+                state += f" (pids {', '.join(map(str, gpu['foreign_pids']))})"
+            table.add_row(
+                label,
+                str(gpu["index"]),
+                gpu["name"],
+                memory,
+                "" if gpu["utilization_percent"] is None else str(gpu["utilization_percent"]),
+                state,
+                str(gpu["job_id"] or ""),
+                gpu["user"] or "",
+            )
+    console.print(table)
+
+
+def register(cli: typer.Typer) -> None:
+    for command in (submit, status, logs, plot, cancel, gpus):
+        cli.command()(command)

@@ -1,0 +1,59 @@
+"""A small HTTP client for the `trainyard` commands that talk to a running service."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+
+from app.config import get_settings
+
+
+class ApiError(RuntimeError):
+    """The service answered with an error; the message is its detail."""
+
+
+def default_url() -> str:
+    return os.environ.get("TRAINYARD_URL", "http://127.0.0.1:8000")
+
+
+def default_token() -> str | None:
+    """TRAINYARD_TOKEN, else the admin token `trainyard up` wrote on this machine."""
+    token = os.environ.get("TRAINYARD_TOKEN")
+    if token:
+        return token
+    token_file = get_settings().data_dir / "admin-token"
+    return token_file.read_text().strip() if token_file.exists() else None
+
+
+class Client:
+    def __init__(self, url: str | None = None, token: str | None = None) -> None:
+        token = token or default_token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url or default_url(), headers=headers, timeout=30)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as error:
+            raise ApiError(f"cannot reach {self.http.base_url}: {error}") from error
+        if response.status_code >= 400:
+            raise ApiError(f"{response.status_code}: {describe_error(response)}")
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+
+def describe_error(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        return response.text
+    if isinstance(detail, list):  # FastAPI validation errors: name each field
+        return "; ".join(
+            f"{'.'.join(str(p) for p in error.get('loc', [])[1:])}: {error.get('msg')}"
+            for error in detail
+        )
+    return str(detail)
