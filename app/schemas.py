@@ -38,6 +38,12 @@ class JobSpec(BaseModel):
     lr: float = Field(default=0.005, gt=0, le=10, description="Initial learning rate.")
     batch_size: int = Field(default=64, ge=1, le=4096, description="Images per replica per step.")
     momentum: float = Field(default=0.9, ge=0, le=1, description="SGD momentum.")
+    bn_momentum: float = Field(
+        default=0.99,
+        gt=0,
+        lt=1,
+        description="BatchNormalization momentum (the book's 0.99; ~0.9 suits small data sets).",
+    )
     augment: bool = Field(
         default=True, description="The seed's shifts (0.1, nearest fill) and horizontal flips."
     )

@@ -23,6 +23,7 @@ TRAINER_FIELDS = (
     "lr",
     "batch_size",
     "momentum",
+    "bn_momentum",
     "augment",
     "lr_power",
     "lr_scaling",
