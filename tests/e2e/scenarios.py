@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from tests.e2e.service import TERMINAL, trainer_pids, wait_for
 
@@ -85,3 +87,28 @@ def cli_session(env: dict[str, str], workdir: Path) -> None:
     bad = trainyard("submit", "--dataset", "synthetic", "--epochs", "0")
     assert bad.returncode == 1
     assert "epochs: Input should be greater than or equal to 1" in bad.stdout
+
+
+def uploaded_dataset_trains(client: httpx.Client) -> None:
+    """A lab's own data: upload an .npz, then train a job on it by id."""
+    rng = np.random.default_rng(3)
+    labels = np.arange(96) % 4
+    # Learnable: each class is a brighter quadrant.
+    images = rng.integers(0, 60, (96, 16, 16, 1), dtype=np.uint8)
+    for index, label in enumerate(labels):
+        row, col = divmod(int(label), 2)
+        images[index, row * 8 : row * 8 + 8, col * 8 : col * 8 + 8] += 150
+    buffer = io.BytesIO()
+    np.savez(
+        buffer, x_train=images[:64], y_train=labels[:64], x_test=images[64:], y_test=labels[64:]
+    )
+    upload = client.post("/datasets", files={"file": ("quadrants.npz", buffer.getvalue())})
+    assert upload.status_code == 201, upload.text
+    dataset = upload.json()
+    assert (dataset["classes"], dataset["image_shape"]) == (4, [16, 16, 1])
+    spec = {"dataset": dataset["id"], "epochs": 2, "gpus": 0, "batch_size": 16}
+    job_id = client.post("/jobs", json={**spec, "mixed_precision": "bfloat16"}).json()["id"]
+    job = wait_for(client, job_id, lambda j: j["status"] in TERMINAL, timeout=240)
+    assert job["status"] == "succeeded", job
+    metrics = client.get(f"/jobs/{job_id}/metrics").json()
+    assert [m["epoch"] for m in metrics] == [1, 2]

@@ -92,6 +92,16 @@ def wait_for(client: httpx.Client, job_id: int, condition: Any, timeout: float) 
     raise TimeoutError(f"job {job_id} never reached the condition; last seen: {job}")
 
 
+def wait_for_hosts(client: httpx.Client, names: set[str], timeout: float = 60) -> None:
+    """Until every named worker host has registered itself (GET /gpus)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if names <= {host["name"] for host in client.get("/gpus").json()}:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"hosts {names} never registered")
+
+
 def api_client(base_url: str, token: str) -> httpx.Client:
     return httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
 

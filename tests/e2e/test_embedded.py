@@ -28,4 +28,5 @@ def test_embedded_up_trains_records_and_cancels(data_dir: Path, tmp_path: Path) 
             assert client.get("/jobs").status_code == 200
             scenarios.job_succeeds_with_every_epoch_once(client)
             scenarios.running_job_cancels_within_seconds(client, data_dir)
+            scenarios.uploaded_dataset_trains(client)
         scenarios.cli_session(env, tmp_path)

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-import time
 from datetime import datetime
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.e2e.service import (
@@ -24,6 +22,7 @@ from tests.e2e.service import (
     processes,
     service_env,
     wait_for,
+    wait_for_hosts,
     wait_healthy,
 )
 
@@ -46,7 +45,7 @@ def test_four_simulated_gpus_shared_fairly(data_dir: Path, tmp_path: Path) -> No
         wait_healthy(base_url)
         alice = api_client(base_url, add_user(env, "alice"))
         bob = api_client(base_url, add_user(env, "bob"))
-        wait_for_host(alice)
+        wait_for_hosts(alice, {"lab1"})
 
         too_big = alice.post("/jobs", json={**JOB, "gpus": 5})
         assert too_big.status_code == 422
@@ -90,15 +89,6 @@ def test_four_simulated_gpus_shared_fairly(data_dir: Path, tmp_path: Path) -> No
         assert job["replicas"] == job["spec"]["gpus"]
 
     assert_no_gpu_held_twice(data_dir / "trainyard.db", len(ids))
-
-
-def wait_for_host(client: httpx.Client) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if client.get("/gpus").json():
-            return
-        time.sleep(0.2)
-    raise TimeoutError("the worker never registered its host")
 
 
 def assert_no_gpu_held_twice(database: Path, jobs: int) -> None:
