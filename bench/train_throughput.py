@@ -59,7 +59,7 @@ def engine_only(images: int, steps: int, batch_size: int, precision: str) -> dic
     global_batch = batch_size * setup.replicas
     train = build_pipelines(data, global_batch, augment=True).train.repeat()
     with setup.strategy.scope():
-        model = build_model("minigooglenet", (32, 32, 3), 10, engine.BN_MOMENTUM)
+        model = build_model("minigooglenet", (32, 32, 3), 10, config.bn_momentum)
         model.compile(
             optimizer=keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum),
             loss="sparse_categorical_crossentropy",
