@@ -125,6 +125,7 @@ def ensure_first_admin(settings: Settings) -> None:
         if count_users(session) == 0:
             _, token = create_user(session, "admin", is_admin=True)
             fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # a file left from before keeps its mode otherwise
             with os.fdopen(fd, "w") as handle:
                 handle.write(token + "\n")
             typer.echo(f"Created user 'admin'. Token (also in {token_file}):\n    {token}")

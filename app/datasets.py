@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 import tempfile
+from pathlib import Path
 from typing import BinaryIO
 
 from sqlalchemy import select
@@ -19,22 +20,28 @@ class TooLarge(ValueError):
 
 
 def store_upload(session: Session, settings: Settings, name: str, upload: BinaryIO) -> Dataset:
-    """Copy `upload` aside, validate it (DatasetError, TooLarge), then record and keep it."""
+    """Copy `upload` aside, validate it (DatasetError, TooLarge), then record and keep it.
+
+    The file is staged and checked before the database is touched, and moved into place by
+    a rename, so the write transaction (SQLite's one lock) is held only for an instant.
+    """
     settings.ensure_dirs()
     limit = settings.max_dataset_bytes
-    with tempfile.NamedTemporaryFile(dir=settings.datasets_dir, suffix=".npz") as staged:
+    handle, staged_name = tempfile.mkstemp(dir=settings.datasets_dir / "uploads", suffix=".part")
+    staged = Path(staged_name)
+    try:
         copied = 0
-        while chunk := upload.read(1024 * 1024):
-            copied += len(chunk)
-            if copied > limit:
-                raise TooLarge(f"file is over the limit of {limit} bytes")
-            staged.write(chunk)
-        staged.flush()
+        with os.fdopen(handle, "wb") as out:
+            while chunk := upload.read(1024 * 1024):
+                copied += len(chunk)
+                if copied > limit:
+                    raise TooLarge(f"file is over the limit of {limit} bytes")
+                out.write(chunk)
         if copied == 0:
             raise DatasetError("file is empty")
-        summary = describe(load_npz(staged.name, max_bytes=limit))
+        summary = describe(load_npz(staged, max_bytes=limit))
         dataset = Dataset(
-            name=name,
+            name=name[:200],
             image_shape=summary["image_shape"],
             dtype=summary["dtype"],
             classes=summary["classes"],
@@ -44,8 +51,12 @@ def store_upload(session: Session, settings: Settings, name: str, upload: Binary
         )
         session.add(dataset)
         session.flush()  # assigns the id the file is named after
-        shutil.copyfile(staged.name, settings.dataset_path(dataset.id))
-    session.commit()
+        os.replace(staged, settings.dataset_path(dataset.id))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        staged.unlink(missing_ok=True)
+        raise
     return dataset
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.models import GpuLease, Host, Job
+from app.models import GpuLease, Host, Job, utcnow
 
 
 def live_hosts(session: Session, settings: Settings, now: datetime) -> list[Host]:
@@ -47,3 +47,13 @@ def holders(session: Session) -> dict[tuple[str, int], Job]:
         for job in session.scalars(select(Job).where(Job.id.in_({x.job_id for x in leases})))
     }
     return {(lease.host, lease.gpu_index): jobs[lease.job_id] for lease in leases}
+
+
+def release_leases(session: Session, job_id: int) -> None:
+    """End the job's active leases (the caller commits). Only once its trainer is gone, or
+    when it never started one."""
+    session.execute(
+        update(GpuLease)
+        .where(GpuLease.job_id == job_id, GpuLease.released_at.is_(None))
+        .values(released_at=utcnow())
+    )

@@ -6,6 +6,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import rows_changed
+from app.hosts import release_leases
 from app.models import (
     TERMINAL_STATUSES,
     Epoch,
@@ -138,7 +139,9 @@ def request_cancel(session: Session, job: Job) -> bool:
             failure_message="cancelled before it started",
         )
     )
-    if rows_changed(queued) == 0:
+    if rows_changed(queued) == 1:
+        release_leases(session, job.id)  # placed but not yet started: nothing holds them
+    else:
         session.execute(
             update(Job)
             .where(

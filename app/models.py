@@ -103,6 +103,8 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     # Incremented by each claim; every write from a run names the attempt it belongs to.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # Runs lost with their worker (not clean stops); at TRAINYARD_MAX_ATTEMPTS the job fails.
+    lost_runs: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.models import JobStatus
+
+# Ids and offsets fit a 64-bit signed integer (SQLite's and PostgreSQL's BIGINT): anything
+# larger is a 422, never an overflow deep in the driver.
+MAX_ID = 2**63 - 1
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 DatasetName = Literal["digits", "synthetic", "cifar10"]
 GpuState = Literal["free", "leased", "foreign"]
@@ -21,7 +26,7 @@ class JobSpec(BaseModel):
 
     name: str | None = Field(default=None, max_length=200, description="A label for people.")
     model: Literal["minigooglenet"] = Field(default="minigooglenet", description="Architecture.")
-    dataset: DatasetName | int = Field(
+    dataset: DatasetName | Id = Field(
         default="cifar10",
         description='Training data: "cifar10", "digits", "synthetic", or the id of an '
         "uploaded dataset (POST /datasets).",

@@ -152,6 +152,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.images < args.batch_size:
         parser.error("--images must be at least --batch-size")
+    # The seed's generator is not repeated: with fewer images than the timed steps need,
+    # Keras stops its fit early and the seed's figure would count steps it never ran.
+    args.images = max(args.images, args.steps * args.batch_size)
     if args.engine_only:
         result = engine_only(args.images, args.steps, args.batch_size, args.precision)
     else:

@@ -43,22 +43,33 @@ class HostAgent(threading.Thread):
         self.stop = stop
 
     def run(self) -> None:
-        gpus, source = discover(self.settings.simulated_gpus)
-        with self.session_factory() as session:
-            recover_own_orphans(session, self.settings)
-            register_host(session, self.settings, gpus, source)
-        log.info("host %s registered: %d GPUs (%s)", self.settings.worker_name, len(gpus), source)
-        next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
+        registered = False
+        next_heartbeat = 0.0
         while not self.stop.is_set():
+            # Nothing may end this loop but shutdown: without it the host goes silent, its
+            # queue is never scheduled, and its runs look lost to every other host.
             try:
+                if not registered:
+                    self.register()
+                    registered = True
+                    next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
                 if time.monotonic() >= next_heartbeat:
                     self.heartbeat()
                     next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
                 self.schedule_once()
             except SQLAlchemyError:
                 # A scheduling race lost or the database briefly away: try again next tick.
-                log.warning("host agent pass failed; retrying", exc_info=True)
+                log.warning("host agent: database pass failed; retrying", exc_info=True)
+            except Exception:
+                log.exception("host agent: pass failed; retrying")
             self.stop.wait(self.settings.schedule_seconds)
+
+    def register(self) -> None:
+        gpus, source = discover(self.settings.simulated_gpus)
+        with self.session_factory() as session:
+            recover_own_orphans(session, self.settings)
+            register_host(session, self.settings, gpus, source)
+        log.info("host %s registered: %d GPUs (%s)", self.settings.worker_name, len(gpus), source)
 
     def heartbeat(self) -> None:
         gpus, _ = discover(self.settings.simulated_gpus)

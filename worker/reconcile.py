@@ -18,25 +18,29 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import rows_changed
-from app.hosts import live_hosts
+from app.hosts import live_hosts, release_leases
 from app.models import FailureReason, Job, JobStatus, utcnow
-from worker.runs import release_leases
 from worker.scheduler import Placement
 
 log = logging.getLogger(__name__)
 
 
 def reconcile(session: Session, settings: Settings) -> list[Placement]:
-    """Requeue runs of lost hosts; unplace or re-send jobs whose message went missing.
-    Returns the placements whose message must be sent again."""
+    """Requeue runs that went silent; unplace or re-send jobs whose message went missing.
+    Returns the placements whose message must be sent again.
+
+    A run is judged by its own heartbeat (its supervisor writes it every second), not by its
+    host's: a supervisor that cannot reach the database stops its trainer after half the
+    host timeout, so a run silent for a whole host timeout is certainly gone.
+    """
     now = utcnow()
     live = {host.name: host for host in live_hosts(session, settings, now)}
     resend: list[Placement] = []
+    silent = now - timedelta(seconds=settings.host_timeout_seconds)
     for job in session.scalars(
-        select(Job).where(Job.host.is_not(None), Job.status == JobStatus.running)
+        select(Job).where(Job.status == JobStatus.running, Job.heartbeat_at < silent)
     ):
-        if job.host not in live:
-            lose_run(session, settings, job, f"host {job.host} stopped reporting")
+        lose_run(session, settings, job, f"its run on {job.worker} stopped reporting")
     stale = now - timedelta(seconds=settings.dispatch_timeout_seconds)
     for job in session.scalars(
         select(Job).where(Job.host.is_not(None), Job.status == JobStatus.queued)
@@ -53,17 +57,24 @@ def reconcile(session: Session, settings: Settings) -> list[Placement]:
 
 def lose_run(session: Session, settings: Settings, job: Job, why: str) -> None:
     """The run's worker is gone (and so its trainer): requeue the job to resume from its
-    checkpoint, or fail it once `max_attempts` runs were lost."""
-    exhausted = job.attempt >= settings.max_attempts
+    checkpoint, or fail it once `max_attempts` runs were lost (clean stops do not count)."""
+    lost = job.lost_runs + 1
     values: dict[str, object] = (
         {
             "status": JobStatus.failed,
             "finished_at": utcnow(),
+            "lost_runs": lost,
             "failure_reason": FailureReason.worker_lost,
-            "failure_message": f"{why}; {job.attempt} runs lost, giving up",
+            "failure_message": f"{why}; {lost} runs lost, giving up",
         }
-        if exhausted
-        else {"status": JobStatus.queued, "host": None, "placed_at": None, "worker": None}
+        if lost >= settings.max_attempts
+        else {
+            "status": JobStatus.queued,
+            "host": None,
+            "placed_at": None,
+            "worker": None,
+            "lost_runs": lost,
+        }
     )
     result = session.execute(
         update(Job)

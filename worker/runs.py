@@ -15,6 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db import rows_changed
+from app.hosts import release_leases
 from app.models import EPOCH_METRICS, Epoch, FailureReason, GpuLease, Job, JobStatus, utcnow
 
 
@@ -117,15 +118,6 @@ def leased_gpus(session: Session, job_id: int, attempt: int) -> list[int]:
             )
             .order_by(GpuLease.gpu_index)
         )
-    )
-
-
-def release_leases(session: Session, job_id: int) -> None:
-    """End the job's active leases. Callers do this only once its process group is gone."""
-    session.execute(
-        update(GpuLease)
-        .where(GpuLease.job_id == job_id, GpuLease.released_at.is_(None))
-        .values(released_at=utcnow())
     )
 
 

@@ -145,9 +145,20 @@ def _place_gpu_job(
             f"owner's GPU quota: holds {held[job.owner_id]} of {quota}, this job needs {need}",
         )
         return None
-    fitting = [h for h in hosts if len(h.gpus) >= need]
+    usable = {h.name: sum(1 for gpu in h.gpus if not gpu.foreign_pids) for h in hosts}
+    fitting = [h for h in hosts if usable[h.name] >= need]
     if not fitting:
-        _wait(session, job, too_few_gpus(hosts, need) or "no worker host is up")
+        why = too_few_gpus(hosts, need)
+        if why is None and hosts:
+            # Enough GPUs, but some are busy with processes Trainyard did not start: wait,
+            # and hold nothing back for a job that may never fit while they run.
+            best = max(hosts, key=lambda h: (usable[h.name], h.name))
+            why = (
+                f"needs {need} GPUs on one host; host {best.name} has "
+                f"{len(best.gpus) - usable[best.name]} of {len(best.gpus)} busy with "
+                "processes Trainyard did not start"
+            )
+        _wait(session, job, why or "no worker host is up")
         return None
     ready = [h for h in fitting if h.name not in reserved and len(free[h.name]) >= need]
     if not ready:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -38,6 +39,10 @@ _EOF = object()
 # Process groups of the trainers this worker runs: processes in them are ours, any other
 # process on a GPU is foreign (worker.gpus.foreign_pids).
 TRAINER_PGIDS: set[int] = set()
+
+
+class DatabaseUnreachable(RuntimeError):
+    """A write of this run kept failing for longer than the run may go unheard."""
 
 
 @dataclass
@@ -130,8 +135,22 @@ class JobSupervisor:
 
     # -- database, one short session per write --------------------------------------------
     def _db(self, write: Callable[..., Any], *args: Any) -> Any:
-        with self.session_factory() as session:
-            return write(session, self.claim.job_id, self.claim.attempt, *args)
+        """Run one fenced write, retrying while the database is briefly unavailable (locked,
+        restarting). Past half the host timeout it gives up with DatabaseUnreachable: the
+        run must then stop itself before the reconciler (which waits a whole host timeout
+        of silence) gives the job to another run."""
+        deadline = time.monotonic() + self.settings.host_timeout_seconds / 2
+        delay = 0.1
+        while True:
+            try:
+                with self.session_factory() as session:
+                    return write(session, self.claim.job_id, self.claim.attempt, *args)
+            except OperationalError as error:
+                if time.monotonic() + delay > deadline:
+                    raise DatabaseUnreachable(str(error).splitlines()[0]) from error
+                log.warning("job %s: database write failed, retrying: %s", self.claim.job_id, error)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def run(self) -> RunOutcome:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -163,13 +182,23 @@ class JobSupervisor:
         TRAINER_PGIDS.add(process.pid)
         try:
             self._follow(process)
+        except DatabaseUnreachable as error:
+            # Ownership can no longer be proven: stop, write nothing; the reconciler requeues
+            # the job once its heartbeat is stale, and the next run resumes it.
+            log.error("job %s: stopping, database unreachable: %s", self.claim.job_id, error)
+            self.outcome.lost_ownership = True
         finally:
             # Whatever happened above, no process of this run survives it.
             end_process_group(process, self.settings.cancel_grace_seconds)
             if process.stdin:
                 process.stdin.close()
             TRAINER_PGIDS.discard(process.pid)
-        self._settle(process.returncode)
+        try:
+            self._settle(process.returncode)
+        except DatabaseUnreachable as error:
+            log.error(
+                "job %s: result not recorded (%s); it will be rerun", self.claim.job_id, error
+            )
         return self.outcome
 
     def _follow(self, process: subprocess.Popen[str]) -> None:

@@ -1,12 +1,12 @@
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, UploadFile, status
 
 from app import datasets as dataset_queries
 from app.auth import UNAUTHORIZED, current_user
 from app.config import get_settings
 from app.db import SessionDep
-from app.schemas import DatasetOut
+from app.schemas import MAX_ID, DatasetOut
 from worker.training.dataset_files import DatasetError
 
 router = APIRouter(
@@ -57,7 +57,9 @@ def list_datasets(session: SessionDep) -> list[DatasetOut]:
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses={404: {}})
-def get_dataset(dataset_id: int, session: SessionDep) -> DatasetOut:
+def get_dataset(
+    dataset_id: Annotated[int, Path(ge=1, le=MAX_ID)], session: SessionDep
+) -> DatasetOut:
     """One uploaded dataset."""
     dataset = dataset_queries.get_dataset(session, dataset_id)
     if dataset is None:

@@ -1,10 +1,9 @@
 import csv
 import io
 import logging
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 from fastapi.responses import FileResponse, PlainTextResponse
 
 from app import jobs as job_queries
@@ -16,7 +15,9 @@ from app.db import SessionDep
 from app.hosts import live_hosts, too_few_gpus
 from app.models import EPOCH_METRICS, Job, JobStatus, utcnow
 from app.plots import render_history_png
-from app.schemas import EpochOut, JobOut, JobPage, JobSpec
+from app.schemas import MAX_ID, EpochOut, JobOut, JobPage, JobSpec
+
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="A job's id.")]
 
 router = APIRouter(
     prefix="/jobs",
@@ -75,7 +76,7 @@ def list_jobs(
     session: SessionDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> JobPage:
     """List jobs, newest first, optionally only those in one status."""
     jobs, total = job_queries.list_jobs(session, status_filter, limit, offset)
@@ -84,7 +85,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
-def get_job(job_id: int, session: SessionDep) -> JobOut:
+def get_job(job_id: JobId, session: SessionDep) -> JobOut:
     """One job: status, spec, timestamps, attempt, last epoch and failure reason."""
     return job_queries.to_out(session, _job_or_404(session, job_id))
 
@@ -95,7 +96,7 @@ def get_job(job_id: int, session: SessionDep) -> JobOut:
     responses={**NOT_FOUND, 200: {"content": {"text/csv": {}}}},
 )
 def get_metrics(
-    job_id: int,
+    job_id: JobId,
     session: SessionDep,
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> list[EpochOut] | Response:
@@ -121,7 +122,7 @@ def get_metrics(
     response_class=Response,
     responses={**NOT_FOUND, 200: {"content": {"image/png": {}}}},
 )
-def get_plot(job_id: int, session: SessionDep) -> Response:
+def get_plot(job_id: JobId, session: SessionDep) -> Response:
     """The seed's loss/accuracy chart of the epochs recorded so far, as PNG."""
     job = _job_or_404(session, job_id)
     png = render_history_png(
@@ -136,7 +137,7 @@ def get_plot(job_id: int, session: SessionDep) -> Response:
     responses={**NOT_FOUND, **FORBIDDEN},
 )
 def get_logs(
-    job_id: int,
+    job_id: JobId,
     session: SessionDep,
     user: CurrentUser,
     tail: Annotated[int | None, Query(ge=1)] = None,
@@ -155,11 +156,11 @@ def get_logs(
     response_class=FileResponse,
     responses={**NOT_FOUND, **FORBIDDEN, 409: {"description": "The job has no trained model yet."}},
 )
-def get_model(job_id: int, session: SessionDep, user: CurrentUser) -> FileResponse:
+def get_model(job_id: JobId, session: SessionDep, user: CurrentUser) -> FileResponse:
     """Download the trained model (`.keras`) of a succeeded job (owner or admin)."""
     job = _job_or_404(session, job_id)
     require_owner_or_admin(job, user, "download the model of")
-    path: Path = get_settings().job_dir(job_id) / "model.keras"
+    path = get_settings().job_dir(job_id) / "model.keras"
     if job.status != JobStatus.succeeded or not path.exists():
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has no model: {job.status}")
     return FileResponse(path, filename=f"job-{job_id}.keras")
@@ -170,7 +171,7 @@ def get_model(job_id: int, session: SessionDep, user: CurrentUser) -> FileRespon
     response_model=JobOut,
     responses={**NOT_FOUND, **FORBIDDEN, 409: {"description": "The job had already ended."}},
 )
-def cancel_job(job_id: int, session: SessionDep, user: CurrentUser) -> JobOut:
+def cancel_job(job_id: JobId, session: SessionDep, user: CurrentUser) -> JobOut:
     """Cancel a job: a queued one at once, a running one within seconds (owner or admin)."""
     job = _job_or_404(session, job_id)
     require_owner_or_admin(job, user, "cancel")

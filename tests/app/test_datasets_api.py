@@ -120,6 +120,26 @@ def test_a_file_that_is_not_npz_is_422(client: TestClient) -> None:
     assert client.get("/datasets").json() == []
 
 
+def test_zip_bomb_and_absurd_labels_are_422(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRAINYARD_MAX_DATASET_BYTES", "1000000")
+    get_settings.cache_clear()
+    zeros = good_arrays() | {"x_train": np.zeros((2000, 32, 32, 3), np.uint8)}
+    zeros["y_train"] = np.arange(2000) % 4
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **zeros)
+    assert len(buffer.getvalue()) < 1_000_000  # small on the wire...
+    response = upload(client, buffer.getvalue())
+    assert response.status_code == 422
+    assert "bytes unpacked, more than the limit" in response.json()["detail"][0]["msg"]
+    labels = good_arrays() | {"y_train": np.append(np.arange(39) % 4, 10**12)}
+    response = upload(client, npz_bytes(labels))
+    assert response.status_code == 422
+    assert "label 1000000000000 but only 40 images" in response.json()["detail"][0]["msg"]
+    assert client.get("/datasets").json() == []
+
+
 def test_missing_file_field_is_422(client: TestClient) -> None:
     response = client.post("/datasets", data={"name": "x"})
     assert response.status_code == 422

@@ -143,6 +143,18 @@ def test_unknown_job_is_404(client: TestClient) -> None:
     assert client.post("/jobs/99/cancel").status_code == 404
 
 
+def test_ids_beyond_64_bits_are_422_not_500(client: TestClient) -> None:
+    huge = 2**64
+    assert client.get(f"/jobs/{huge}").status_code == 422
+    assert client.post(f"/jobs/{huge}/cancel").status_code == 422
+    assert client.get("/jobs", params={"offset": huge}).status_code == 422
+    response = client.post("/jobs", json={"dataset": huge})
+    assert response.status_code == 422
+    assert {tuple(e["loc"][:2]) for e in response.json()["detail"]} == {("body", "dataset")}
+    assert client.get(f"/datasets/{huge}").status_code == 422
+    assert job_count() == 0
+
+
 def test_list_is_newest_first_filtered_and_paginated(client: TestClient) -> None:
     ids = [client.post("/jobs", json={"name": f"j{i}"}).json()["id"] for i in range(5)]
     client.post(f"/jobs/{ids[1]}/cancel")

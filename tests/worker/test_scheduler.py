@@ -13,7 +13,8 @@ from sqlalchemy.exc import IntegrityError
 
 from app.config import get_settings
 from app.db import get_session_factory
-from app.models import Gpu, GpuLease, Host, Job, JobStatus, utcnow
+from app.jobs import request_cancel
+from app.models import Gpu, GpuLease, Job, JobStatus, utcnow
 from app.users import create_user
 from tests.conftest import register_test_host
 from worker import runs
@@ -144,16 +145,83 @@ def test_no_host_big_enough_explains_itself(owners: dict[str, int]) -> None:
     )
 
 
-def test_lost_host_requeues_its_runs_and_frees_their_gpus(owners: dict[str, int]) -> None:
+def silence(job_id: int) -> None:
+    """Make the job's run look silent for an hour (its supervisor died)."""
+    with get_session_factory()() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(heartbeat_at=utcnow() - timedelta(seconds=3600))
+        )
+        session.commit()
+
+
+def test_silent_run_is_requeued_and_its_gpus_freed(owners: dict[str, int]) -> None:
     register_test_host(gpus=2)
     job_id = submit(owners["alice"], 2)
     run_pass()
     with get_session_factory()() as session:
         assert runs.claim(session, job_id, "test-host") is not None
-        session.execute(update(Host).values(last_heartbeat=utcnow() - timedelta(seconds=3600)))
-        session.commit()
+    silence(job_id)
+    with get_session_factory()() as session:
         reconcile(session, get_settings())
     lost = job(job_id)
-    assert (lost.status, lost.host, lost.attempt) == (JobStatus.queued, None, 1)
-    register_test_host(gpus=2)  # the host comes back
+    assert (lost.status, lost.host, lost.attempt, lost.lost_runs) == (JobStatus.queued, None, 1, 1)
+    assert run_pass() == {job_id: (0, 1)}  # the GPUs are free again
+
+
+def test_a_live_run_is_left_alone(owners: dict[str, int]) -> None:
+    register_test_host(gpus=2)
+    job_id = submit(owners["alice"], 1)
+    run_pass()
+    with get_session_factory()() as session:
+        assert runs.claim(session, job_id, "test-host") is not None
+        reconcile(session, get_settings())
+    assert job(job_id).status == JobStatus.running
+
+
+def test_only_lost_runs_count_towards_max_attempts(owners: dict[str, int]) -> None:
+    register_test_host(gpus=1)
+    job_id = submit(owners["alice"], 1)
+    for _ in range(3):  # three clean stops (Ctrl-C): requeued, never failed
+        run_pass()
+        with get_session_factory()() as session:
+            claim = runs.claim(session, job_id, "test-host")
+            assert claim is not None and runs.requeue(session, job_id, claim.attempt)
+    for lost in (1, 2):
+        run_pass()
+        with get_session_factory()() as session:
+            assert runs.claim(session, job_id, "test-host") is not None
+        silence(job_id)
+        with get_session_factory()() as session:
+            reconcile(session, get_settings().model_copy(update={"max_attempts": 2}))
+        assert job(job_id).lost_runs == lost
+    failed = job(job_id)
+    assert (failed.status, failed.failure_reason) == (JobStatus.failed, "worker_lost")
+    assert "2 runs lost" in (failed.failure_message or "")
+
+
+def test_cancel_before_the_worker_claims_frees_the_gpus(owners: dict[str, int]) -> None:
+    register_test_host(gpus=2)
+    job_id = submit(owners["alice"], 2)
     assert run_pass() == {job_id: (0, 1)}
+    with get_session_factory()() as session:
+        placed = session.get(Job, job_id)
+        assert placed is not None and request_cancel(session, placed)
+    assert job(job_id).status == JobStatus.cancelled
+    other = submit(owners["bob"], 2)
+    assert run_pass() == {other: (0, 1)}
+
+
+def test_foreign_gpus_make_a_job_wait_without_holding_the_host(owners: dict[str, int]) -> None:
+    register_test_host(gpus=4)
+    with get_session_factory()() as session:
+        session.execute(update(Gpu).where(Gpu.index == 3).values(foreign_pids=[777]))
+        session.commit()
+    whole = submit(owners["alice"], 4)
+    small = submit(owners["bob"], 1)
+    assert run_pass() == {small: (0,)}
+    assert job(whole).waiting_reason == (
+        "needs 4 GPUs on one host; host test-host has 1 of 4 busy with processes "
+        "Trainyard did not start"
+    )

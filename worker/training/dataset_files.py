@@ -40,6 +40,8 @@ def load_npz(path: str | os.PathLike[str], max_bytes: int | None = None) -> Arra
         raise DatasetError(f"dataset file is {size} bytes, more than the limit of {max_bytes}")
     if not zipfile.is_zipfile(path):
         raise DatasetError("dataset file is not an .npz archive (not a zip file)")
+    if max_bytes is not None:
+        _check_unpacked_size(path, max_bytes)
     try:
         # allow_pickle=False: an uploaded file must never be able to run code when loaded.
         with np.load(path, allow_pickle=False) as archive:
@@ -54,6 +56,30 @@ def load_npz(path: str | os.PathLike[str], max_bytes: int | None = None) -> Arra
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         raise DatasetError(f"dataset file cannot be read as .npz: {_one_line(error)}") from error
     return validate_arrays(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"])
+
+
+def _check_unpacked_size(path: str, max_bytes: int) -> None:
+    """Refuse arrays whose unpacked size is over the limit, from their headers alone: a
+    compressed .npz of zeros could otherwise unpack to far more memory than the file size."""
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if not member.filename.endswith(".npy"):
+                    continue
+                with archive.open(member) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+                total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise DatasetError(f"dataset file cannot be read as .npz: {_one_line(error)}") from error
+    if total > max_bytes:
+        raise DatasetError(
+            f"the arrays take {total} bytes unpacked, more than the limit of {max_bytes}"
+        )
 
 
 def _read(archive: Any, key: str) -> np.ndarray:
@@ -77,6 +103,11 @@ def validate_arrays(
         )
     y_train = _check_labels("y_train", y_train, len(x_train), "x_train")
     y_test = _check_labels("y_test", y_test, len(x_test), "x_test")
+    if int(y_train.max()) >= len(y_train):
+        raise DatasetError(
+            f"y_train has label {int(y_train.max())} but only {len(y_train)} images; labels "
+            "must be 0..K-1 with every class present"
+        )
     classes = int(y_train.max()) + 1
     if classes < 2:
         raise DatasetError("y_train has a single class; at least 2 classes are needed")
