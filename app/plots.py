@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # headless: the API has no display
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from app.models import Epoch
 
@@ -36,6 +37,7 @@ def render_history_png(epochs: Sequence[Epoch], model: str, dataset: str) -> byt
         title = f"{MODEL_TITLES.get(model, model)} on {DATASET_TITLES.get(dataset, dataset)}"
         axes.set_title(title)
         axes.set_xlabel("Epoch #")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel("Loss/Accuracy")
         if numbers:
             axes.legend()

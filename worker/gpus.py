@@ -131,6 +131,15 @@ def _simulated_gpu(i: int) -> GpuInfo:
     )
 
 
+_said: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        log.info(message)
+
+
 def _discover_nvml() -> list[GpuInfo] | None:
     """None when NVML is unusable (no pynvml, no driver), so the caller falls back."""
     try:
@@ -140,7 +149,8 @@ def _discover_nvml() -> list[GpuInfo] | None:
     try:
         pynvml.nvmlInit()
     except (pynvml.NVMLError, OSError) as exc:
-        log.info("NVML unavailable (%s); trying nvidia-smi", exc)
+        # Said once per process: the worker rediscovers at every heartbeat.
+        _log_once(f"NVML unavailable ({exc}); trying nvidia-smi")
         return None
     try:
         count = pynvml.nvmlDeviceGetCount()
