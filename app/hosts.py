@@ -57,3 +57,13 @@ def release_leases(session: Session, job_id: int) -> None:
         .where(GpuLease.job_id == job_id, GpuLease.released_at.is_(None))
         .values(released_at=utcnow())
     )
+
+
+def leased_indices(session: Session, job_id: int, attempt: int | None = None) -> list[int]:
+    """GPU indices the job holds now (only those leased to `attempt`, when given)."""
+    query = select(GpuLease.gpu_index).where(
+        GpuLease.job_id == job_id, GpuLease.released_at.is_(None)
+    )
+    if attempt is not None:
+        query = query.where(GpuLease.attempt == attempt)
+    return list(session.scalars(query.order_by(GpuLease.gpu_index)))

@@ -6,12 +6,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import rows_changed
-from app.hosts import release_leases
+from app.hosts import leased_indices, release_leases
 from app.models import (
     TERMINAL_STATUSES,
     Epoch,
     FailureReason,
-    GpuLease,
     Job,
     JobStatus,
     User,
@@ -72,16 +71,6 @@ def queue_position(session: Session, job: Job) -> int | None:
         .where((Job.priority > job.priority) | ((Job.priority == job.priority) & (Job.id < job.id)))
     )
     return int(ahead or 0) + 1
-
-
-def leased_indices(session: Session, job_id: int) -> list[int]:
-    return list(
-        session.scalars(
-            select(GpuLease.gpu_index)
-            .where(GpuLease.job_id == job_id, GpuLease.released_at.is_(None))
-            .order_by(GpuLease.gpu_index)
-        )
-    )
 
 
 def list_epochs(session: Session, job_id: int) -> list[Epoch]:

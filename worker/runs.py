@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db import rows_changed
 from app.hosts import release_leases
-from app.models import EPOCH_METRICS, Epoch, FailureReason, GpuLease, Job, JobStatus, utcnow
+from app.models import EPOCH_METRICS, Epoch, FailureReason, Job, JobStatus, utcnow
 
 
 @dataclass(frozen=True)
@@ -104,21 +104,6 @@ def heartbeat(session: Session, job_id: int, attempt: int) -> tuple[bool, bool]:
     if row is None:
         return False, False
     return True, row[0] is not None
-
-
-def leased_gpus(session: Session, job_id: int, attempt: int) -> list[int]:
-    """GPU indices this attempt holds (leased by the scheduler when it placed the job)."""
-    return list(
-        session.scalars(
-            select(GpuLease.gpu_index)
-            .where(
-                GpuLease.job_id == job_id,
-                GpuLease.attempt == attempt,
-                GpuLease.released_at.is_(None),
-            )
-            .order_by(GpuLease.gpu_index)
-        )
-    )
 
 
 def finish(

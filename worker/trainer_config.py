@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.hosts import leased_indices
 from app.models import Gpu, Host
 from worker import runs
 from worker.gpus import GpuInfo, cuda_visible_devices
@@ -55,7 +56,7 @@ def leased_devices(session: Session, settings: Settings, claim: runs.Claim) -> D
     CUDA_DEVICE_ORDER=PCI_BUS_ID makes CUDA's numbering agree with NVML's. On a host with
     simulated GPUs the leased count becomes the trainer's CPU replica count.
     """
-    indices = runs.leased_gpus(session, claim.job_id, claim.attempt)
+    indices = leased_indices(session, claim.job_id, claim.attempt)
     if not indices:  # a CPU job: hide every GPU, they belong to leases of other jobs
         return Devices(env={"CUDA_VISIBLE_DEVICES": ""})
     host = session.get(Host, settings.worker_name)
