@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import rows_changed
@@ -19,7 +20,11 @@ from app.models import (
 from app.schemas import EpochOut, JobOut, JobSpec
 
 
-def create_job(session: Session, spec: JobSpec, owner: User) -> Job:
+def create_job(
+    session: Session, spec: JobSpec, owner: User, idempotency_key: str | None = None
+) -> Job:
+    """Store the job as queued. With a key that this owner already used, the job of that
+    first submission is returned instead (also when two such requests race)."""
     job = Job(
         name=spec.name,
         owner_id=owner.id,
@@ -27,10 +32,24 @@ def create_job(session: Session, spec: JobSpec, owner: User) -> Job:
         status=JobStatus.queued,
         spec=spec.model_dump(),
         attempt=0,
+        idempotency_key=idempotency_key,
     )
     session.add(job)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        earlier = job_for_key(session, owner, idempotency_key) if idempotency_key else None
+        if earlier is None:
+            raise
+        return earlier
     return job
+
+
+def job_for_key(session: Session, owner: User, idempotency_key: str) -> Job | None:
+    return session.scalar(
+        select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key)
+    )
 
 
 def get_job(session: Session, job_id: int) -> Job | None:

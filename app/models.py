@@ -94,12 +94,15 @@ class User(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("owner_id", "idempotency_key"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str | None] = mapped_column(String(200))
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), index=True, default=JobStatus.queued)
     priority: Mapped[int] = mapped_column(Integer, default=0)
+    # The submitter's Idempotency-Key: a retried POST /jobs returns the job it created.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     # Incremented by each claim; every write from a run names the attempt it belongs to.
     attempt: Mapped[int] = mapped_column(Integer, default=0)

@@ -3,7 +3,7 @@ import io
 import logging
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response, status
 from fastapi.responses import FileResponse, PlainTextResponse
 
 from app import jobs as job_queries
@@ -49,8 +49,25 @@ def _job_or_404(session: SessionDep, job_id: int) -> Job:
         429: {"description": "Over the per-user limit of queued + running jobs."},
     },
 )
-def submit_job(spec: JobSpec, session: SessionDep, user: CurrentUser) -> JobOut:
+def submit_job(
+    spec: JobSpec,
+    session: SessionDep,
+    user: CurrentUser,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=200,
+            description="Retry-safe submission: the same key (per user) returns the first job.",
+        ),
+    ] = None,
+) -> JobOut:
     """Submit a training job; it is queued and runs when a worker takes it."""
+    if idempotency_key is not None:
+        earlier = job_queries.job_for_key(session, user, idempotency_key)
+        if earlier is not None:
+            return _replay(session, earlier, spec, response)
     if spec.priority > 0 and not user.is_admin:
         raise field_error("priority", "only admins may set priority above 0", 403)
     if isinstance(spec.dataset, int) and get_dataset(session, spec.dataset) is None:
@@ -67,7 +84,26 @@ def submit_job(spec: JobSpec, session: SessionDep, user: CurrentUser) -> JobOut:
             "(TRAINYARD_MAX_ACTIVE_JOBS_PER_USER); submit again when one ends",
         )
     # Committed as queued; a worker's scheduling pass places it and sends it to its host.
-    job = job_queries.create_job(session, spec, user)
+    job = job_queries.create_job(session, spec, user, idempotency_key)
+    if job.spec != spec.model_dump():  # a concurrent request with this key won the race
+        return _replay(session, job, spec, response)
+    return job_queries.to_out(session, job)
+
+
+def _replay(session: SessionDep, job: Job, spec: JobSpec, response: Response) -> JobOut:
+    """The answer to a repeated Idempotency-Key: the first job, if the spec is the same."""
+    if job.spec != spec.model_dump():
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[
+                {
+                    "loc": ["header", "idempotency-key"],
+                    "msg": f"this key was already used for job {job.id} with a different spec",
+                    "type": "value_error",
+                }
+            ],
+        )
+    response.headers["Idempotent-Replayed"] = "true"
     return job_queries.to_out(session, job)
 
 

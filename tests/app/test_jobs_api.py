@@ -83,6 +83,35 @@ def test_submit_returns_the_stored_job_with_defaults(client: TestClient) -> None
     assert job_count() == 1
 
 
+def test_idempotency_key_makes_a_retried_submission_safe(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    spec = {"dataset": "digits", "epochs": 3, "gpus": 0}
+    first = client.post("/jobs", json=spec, headers={"Idempotency-Key": "run-42"})
+    again = client.post("/jobs", json=spec, headers={"Idempotency-Key": "run-42"})
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert job_count() == 1
+    changed = client.post(
+        "/jobs", json={**spec, "epochs": 4}, headers={"Idempotency-Key": "run-42"}
+    )
+    assert changed.status_code == 422
+    assert changed.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
+    # Keys are per user: bob's "run-42" is his own job.
+    bobs = client.post(
+        "/jobs",
+        json=spec,
+        headers={"Idempotency-Key": "run-42", **bearer(tokens["bob"])},
+    )
+    assert bobs.status_code == 201 and bobs.json()["id"] != first.json()["id"]
+    assert client.post("/jobs", json=spec).json()["id"] not in {first.json()["id"]}
+    assert job_count() == 3
+    too_long = client.post("/jobs", json=spec, headers={"Idempotency-Key": "k" * 201})
+    assert too_long.status_code == 422
+    assert too_long.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
+
+
 def test_seed_defaults_apply_to_an_empty_spec(client: TestClient) -> None:
     spec = client.post("/jobs", json={}).json()["spec"]
     assert (spec["gpus"], spec["epochs"], spec["lr"], spec["batch_size"]) == (1, 70, 0.005, 64)
