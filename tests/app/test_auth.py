@@ -12,7 +12,7 @@ from app.db import get_session_factory
 from app.main import app
 from app.models import User
 from app.users import revoke_user
-from tests.conftest import bearer
+from tests.conftest import bearer, place_and_claim, register_test_host
 
 
 @pytest.fixture
@@ -111,3 +111,18 @@ def test_tokens_are_random_and_stored_only_hashed(tokens: dict[str, str], db: Pa
     if database_file.exists():
         raw = database_file.read_bytes()
         assert not any(token.encode() in raw for token in tokens.values())
+
+
+def test_admin_cancels_another_users_running_job(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    register_test_host()
+    job_id = submit(client, tokens["alice"], gpus=1)
+    place_and_claim(job_id)
+    refused = client.post(f"/jobs/{job_id}/cancel", headers=bearer(tokens["bob"]))
+    assert refused.status_code == 403
+    job = client.get(f"/jobs/{job_id}", headers=bearer(tokens["bob"])).json()
+    assert (job["status"], job["cancel_requested"]) == ("running", False)
+    accepted = client.post(f"/jobs/{job_id}/cancel", headers=bearer(tokens["root"]))
+    assert accepted.status_code == 200
+    assert (accepted.json()["status"], accepted.json()["cancel_requested"]) == ("running", True)
