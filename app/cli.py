@@ -202,7 +202,7 @@ def train(ctx: typer.Context) -> None:
     """Train standalone, no server: the seed's train.py grown up (`trainyard train --help`)."""
     from worker.training.__main__ import main as train_main
 
-    raise typer.Exit(train_main(list(ctx.args)))
+    raise typer.Exit(train_main(list(ctx.args), prog="trainyard train"))
 
 
 cli_client.register(cli)

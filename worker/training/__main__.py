@@ -32,9 +32,9 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see --help)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m worker.training") -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python -m worker.training",
+        prog=prog,
         description="Train MiniGoogLeNet (the seed recipe) with tf.distribute.MirroredStrategy.",
         argument_default=argparse.SUPPRESS,  # so explicit flags can override --config
     )
@@ -98,7 +98,7 @@ def _watch_stdin() -> None:
     threading.Thread(target=watch, name="stdin-eof-watch", daemon=True).start()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m worker.training") -> int:
     argv = sys.argv[1:] if argv is None else argv
     reporter: Reporter
     if "--json" in argv:
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         reporter = HumanReporter()
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(prog).parse_args(argv)
         if getattr(args, "exit_on_stdin_eof", False):
             _watch_stdin()
         config = config_from_args(args)
