@@ -15,7 +15,7 @@ racing can never lease a GPU twice (the loser's transaction fails and retries la
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -80,11 +80,11 @@ def schedule(session: Session, settings: Settings) -> list[Placement]:
         ).all()
     )
     held: dict[int | None, int] = defaultdict(int)
-    lease_jobs = {lease.job_id for lease in leases}
+    gpus_of_job = Counter(lease.job_id for lease in leases)
     for job_id, owner_id in session.execute(
-        select(Job.id, Job.owner_id).where(Job.id.in_(lease_jobs))
+        select(Job.id, Job.owner_id).where(Job.id.in_(gpus_of_job))
     ).all():
-        held[owner_id] += sum(1 for lease in leases if lease.job_id == job_id)
+        held[owner_id] += gpus_of_job[job_id]
 
     placements: list[Placement] = []
     reserved: dict[str, int] = {}  # host -> the waiting job it is held for
@@ -117,7 +117,7 @@ def _place_cpu_job(
 ) -> Placement | None:
     open_hosts = [h for h in hosts if cpu_busy.get(h.name, 0) < h.cpu_slots]
     if not open_hosts:
-        _wait(session, job, "no worker host is up" if not hosts else "waits for a CPU slot")
+        _wait(job, "no worker host is up" if not hosts else "waits for a CPU slot")
         return None
     host = min(open_hosts, key=lambda h: (cpu_busy.get(h.name, 0), h.name))
     if not _claim_placement(session, job, host, now):
@@ -140,7 +140,6 @@ def _place_gpu_job(
     quota = settings.max_gpus_per_user
     if quota and held[job.owner_id] + need > quota:
         _wait(
-            session,
             job,
             f"owner's GPU quota: holds {held[job.owner_id]} of {quota}, this job needs {need}",
         )
@@ -158,7 +157,7 @@ def _place_gpu_job(
                 f"{len(best.gpus) - usable[best.name]} of {len(best.gpus)} busy with "
                 "processes Trainyard did not start"
             )
-        _wait(session, job, why or "no worker host is up")
+        _wait(job, why or "no worker host is up")
         return None
     ready = [h for h in fitting if h.name not in reserved and len(free[h.name]) >= need]
     if not ready:
@@ -166,7 +165,7 @@ def _place_gpu_job(
         reason = f"needs {need} GPUs on one host; host {best.name} has {len(free[best.name])} free"
         if best.name in reserved:
             reason += f" and is held for job {reserved[best.name]}, queued earlier"
-        _wait(session, job, reason)
+        _wait(job, reason)
         for host in fitting:
             reserved.setdefault(host.name, job.id)
         return None
@@ -184,6 +183,6 @@ def _place_gpu_job(
     return Placement(job.id, host.name, host.queue, indices)
 
 
-def _wait(session: Session, job: Job, reason: str) -> None:
-    if job.waiting_reason != reason:
-        job.waiting_reason = reason
+def _wait(job: Job, reason: str) -> None:
+    """Say why the job waits (GET /jobs/{id} shows it); unchanged values are not written."""
+    job.waiting_reason = reason

@@ -1,6 +1,5 @@
 import csv
 import io
-import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response, status
@@ -25,7 +24,6 @@ router = APIRouter(
     dependencies=[Depends(current_user)],
     responses=UNAUTHORIZED,
 )
-log = logging.getLogger(__name__)
 
 FORBIDDEN: dict[int | str, dict[str, Any]] = {
     403: {"description": "Only the job's owner or an admin may do this."}
