@@ -20,6 +20,7 @@ from .config import TrainConfig, UserError
 from .data import Dataset, load_dataset
 from .devices import setup_devices
 from .events import Reporter
+from .layers import with_stock_layers
 from .models import build_model
 from .pipeline import build_pipelines
 from .plot import plot_history
@@ -154,7 +155,7 @@ def _train(
         )
 
     paths.workdir.mkdir(parents=True, exist_ok=True)
-    model.save(paths.model)
+    with_stock_layers(model).save(paths.model)
     np.save(paths.mean_image, pipelines.mean_image)
     plotted = None
     if plot_path is not None:

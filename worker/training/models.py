@@ -12,6 +12,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from .layers import FusedBatchNormalization
+
 MODELS = ("minigooglenet",)
 INPUT_SIZE = 32  # the 7x7 average pool below needs a 7x7 map, i.e. a 32x32 input
 
@@ -23,7 +25,7 @@ def _conv_module(
     x, filters: int, kernel: int, strides: int, bn_momentum: float, padding: str = "same"
 ):
     x = layers.Conv2D(filters, (kernel, kernel), strides=(strides, strides), padding=padding)(x)
-    x = layers.BatchNormalization(axis=-1, momentum=bn_momentum)(x)
+    x = FusedBatchNormalization(axis=-1, momentum=bn_momentum)(x)
     return layers.Activation("relu")(x)
 
 
