@@ -8,6 +8,7 @@ numpy.random.default_rng(0), 10 classes) and the same batch, alternating engine 
     python bench/train_throughput.py --pairs 5
     python bench/train_throughput.py --batch-size 256 --pairs 3
     python bench/train_throughput.py --engine-only --images 2048 --steps 20   # one side
+    python bench/train_throughput.py --engine-only --batch-norm stock   # Keras' own BN layer
 
 The seed side is shared/bench/seed_baseline.py (float64 arrays, ImageDataGenerator, one-hot
 labels); it takes a batch of 64 x --gpus, so batch sizes that are not a multiple of 64 time
@@ -31,21 +32,29 @@ GFLOP_PER_IMAGE = 1.41  # MiniGoogLeNet training (forward + backward), 32x32x3 i
 WARMUP_STEPS = 3
 
 
-def engine_only(images: int, steps: int, batch_size: int, precision: str) -> dict[str, Any]:
-    """Time the engine's own pipeline, model and compile settings in this process."""
+def engine_only(
+    images: int, steps: int, batch_size: int, precision: str, batch_norm: str
+) -> dict[str, Any]:
+    """Time the engine's own pipeline, model and compile settings in this process.
+
+    `batch_norm="stock"` builds the model with Keras' own BatchNormalization instead of the
+    engine's fused one, to measure what the fused kernel is worth.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO))
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from worker.training import engine
+    from worker.training import engine, models
     from worker.training.config import TrainConfig
     from worker.training.data import Dataset
     from worker.training.devices import setup_devices
     from worker.training.models import build_model
     from worker.training.pipeline import build_pipelines
 
+    if batch_norm == "stock":
+        models.FusedBatchNormalization = keras.layers.BatchNormalization  # type: ignore[misc]
     gpus = 1 if tf.config.list_physical_devices("GPU") else 0
     config = TrainConfig(
         dataset="synthetic", gpus=gpus, batch_size=batch_size, mixed_precision=precision
@@ -77,6 +86,7 @@ def engine_only(images: int, steps: int, batch_size: int, precision: str) -> dic
         "seconds": round(elapsed, 3),
         "images_per_s": round(steps * global_batch / elapsed, 1),
         "precision": setup.precision,
+        "batch_norm": batch_norm,
         "devices": setup.devices,
     }
 
@@ -96,7 +106,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     engine_command = [
         sys.executable, __file__, "--engine-only", "--images", str(args.images),
         "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-        "--precision", args.precision,
+        "--precision", args.precision, "--batch-norm", args.batch_norm,
     ]  # fmt: skip
     seed_path = Path(args.seed_baseline)
     if not seed_path.is_absolute():
@@ -120,6 +130,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "bench": "train_throughput",
         "batch": args.batch_size,
+        "batch_norm": args.batch_norm,
         "pairs": args.pairs,
         "steps": args.steps,
         "images": args.images,
@@ -148,6 +159,12 @@ def main() -> None:
         default="../shared/bench/seed_baseline.py",
         help="the seed recipe script, relative to the repo root",
     )
+    parser.add_argument(
+        "--batch-norm",
+        choices=("fused", "stock"),
+        default="fused",
+        help="the engine's fused BatchNormalization, or Keras' stock layer",
+    )
     parser.add_argument("--engine-only", action="store_true", help="time the engine, once")
     args = parser.parse_args()
     if args.images < args.batch_size:
@@ -156,7 +173,9 @@ def main() -> None:
     # Keras stops its fit early and the seed's figure would count steps it never ran.
     args.images = max(args.images, args.steps * args.batch_size)
     if args.engine_only:
-        result = engine_only(args.images, args.steps, args.batch_size, args.precision)
+        result = engine_only(
+            args.images, args.steps, args.batch_size, args.precision, args.batch_norm
+        )
     else:
         result = compare(args)
     print(json.dumps(result), flush=True)
