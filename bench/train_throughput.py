@@ -46,15 +46,14 @@ def engine_only(
     import numpy as np
     import tensorflow as tf
 
-    from worker.training import engine, models
+    from worker.training import engine
     from worker.training.config import TrainConfig
     from worker.training.data import Dataset
     from worker.training.devices import setup_devices
+    from worker.training.layers import FusedBatchNormalization
     from worker.training.models import build_model
     from worker.training.pipeline import build_pipelines
 
-    if batch_norm == "stock":
-        models.FusedBatchNormalization = keras.layers.BatchNormalization  # type: ignore[misc]
     gpus = 1 if tf.config.list_physical_devices("GPU") else 0
     config = TrainConfig(
         dataset="synthetic", gpus=gpus, batch_size=batch_size, mixed_precision=precision
@@ -68,7 +67,10 @@ def engine_only(
     global_batch = batch_size * setup.replicas
     train = build_pipelines(data, global_batch, augment=True).train.repeat()
     with setup.strategy.scope():
-        model = build_model("minigooglenet", (32, 32, 3), 10, config.bn_momentum)
+        norm_layer = (
+            keras.layers.BatchNormalization if batch_norm == "stock" else FusedBatchNormalization
+        )
+        model = build_model("minigooglenet", (32, 32, 3), 10, config.bn_momentum, norm_layer)
         model.compile(
             optimizer=keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum),
             loss="sparse_categorical_crossentropy",

@@ -26,6 +26,11 @@ def test_minigooglenet_has_the_seed_parameter_count() -> None:
 
     model = build_minigooglenet((32, 32, 3), 10)
     assert model.count_params() == 1_656_250
+    # Keras' own BatchNormalization (the benchmark's --batch-norm stock) builds the same net.
+    stock = build_minigooglenet((32, 32, 3), 10, batch_norm=keras.layers.BatchNormalization)
+    assert stock.count_params() == 1_656_250
+    names = {type(layer).__name__ for layer in stock.layers}
+    assert "BatchNormalization" in names and "FusedBatchNormalization" not in names
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         mixed = build_minigooglenet((32, 32, 3), 10)

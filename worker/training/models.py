@@ -9,6 +9,8 @@ drift silently.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 from keras import layers
 
@@ -20,23 +22,26 @@ INPUT_SIZE = 32  # the 7x7 average pool below needs a 7x7 map, i.e. a 32x32 inpu
 
 BOOK_BN_MOMENTUM = 0.99  # Keras' default, which the book's code uses
 
+# Makes one batch-normalisation layer; the model builder binds its class and momentum.
+NormFactory = Callable[[], keras.layers.Layer]
+
 
 def _conv_module(
-    x, filters: int, kernel: int, strides: int, bn_momentum: float, padding: str = "same"
+    x, filters: int, kernel: int, strides: int, norm: NormFactory, padding: str = "same"
 ):
     x = layers.Conv2D(filters, (kernel, kernel), strides=(strides, strides), padding=padding)(x)
-    x = FusedBatchNormalization(axis=-1, momentum=bn_momentum)(x)
+    x = norm()(x)
     return layers.Activation("relu")(x)
 
 
-def _inception_module(x, filters_1x1: int, filters_3x3: int, bn_momentum: float):
-    branch_1x1 = _conv_module(x, filters_1x1, 1, 1, bn_momentum)
-    branch_3x3 = _conv_module(x, filters_3x3, 3, 1, bn_momentum)
+def _inception_module(x, filters_1x1: int, filters_3x3: int, norm: NormFactory):
+    branch_1x1 = _conv_module(x, filters_1x1, 1, 1, norm)
+    branch_3x3 = _conv_module(x, filters_3x3, 3, 1, norm)
     return layers.Concatenate(axis=-1)([branch_1x1, branch_3x3])
 
 
-def _downsample_module(x, filters: int, bn_momentum: float):
-    branch_conv = _conv_module(x, filters, 3, 2, bn_momentum, padding="valid")
+def _downsample_module(x, filters: int, norm: NormFactory):
+    branch_conv = _conv_module(x, filters, 3, 2, norm, padding="valid")
     branch_pool = layers.MaxPooling2D((3, 3), strides=(2, 2))(x)
     return layers.Concatenate(axis=-1)([branch_conv, branch_pool])
 
@@ -45,11 +50,13 @@ def build_minigooglenet(
     input_shape: tuple[int, int, int] = (32, 32, 3),
     classes: int = 10,
     bn_momentum: float = BOOK_BN_MOMENTUM,
+    batch_norm: type[keras.layers.BatchNormalization] = FusedBatchNormalization,
 ) -> keras.Model:
     """Build MiniGoogLeNet for NHWC images of `input_shape` (must be 32x32) and `classes` labels.
 
     `bn_momentum` only sets how fast BatchNormalization's inference statistics follow the
-    training batches; it changes no layer and no parameter count.
+    training batches; it changes no layer and no parameter count. `batch_norm` is the layer
+    class: the fused one, or Keras' own (`bench/train_throughput.py --batch-norm stock`).
 
     Uses whatever Keras dtype policy is active, except the final softmax, which always runs in
     float32: under mixed precision a bfloat16/float16 softmax loses the small probabilities
@@ -65,18 +72,21 @@ def build_minigooglenet(
         raise ValueError(f"classes must be at least 2, got {classes}")
 
     inputs = keras.Input(shape=(height, width, channels))
-    m = bn_momentum
-    x = _conv_module(inputs, 96, 3, 1, m)
-    x = _inception_module(x, 32, 32, m)
-    x = _inception_module(x, 32, 48, m)
-    x = _downsample_module(x, 80, m)
-    x = _inception_module(x, 112, 48, m)
-    x = _inception_module(x, 96, 64, m)
-    x = _inception_module(x, 80, 80, m)
-    x = _inception_module(x, 48, 96, m)
-    x = _downsample_module(x, 96, m)
-    x = _inception_module(x, 176, 160, m)
-    x = _inception_module(x, 176, 160, m)
+
+    def norm() -> keras.layers.Layer:
+        return batch_norm(axis=-1, momentum=bn_momentum)
+
+    x = _conv_module(inputs, 96, 3, 1, norm)
+    x = _inception_module(x, 32, 32, norm)
+    x = _inception_module(x, 32, 48, norm)
+    x = _downsample_module(x, 80, norm)
+    x = _inception_module(x, 112, 48, norm)
+    x = _inception_module(x, 96, 64, norm)
+    x = _inception_module(x, 80, 80, norm)
+    x = _inception_module(x, 48, 96, norm)
+    x = _downsample_module(x, 96, norm)
+    x = _inception_module(x, 176, 160, norm)
+    x = _inception_module(x, 176, 160, norm)
     x = layers.AveragePooling2D((7, 7))(x)
     x = layers.Dropout(0.5)(x)
     x = layers.Flatten()(x)
@@ -90,8 +100,9 @@ def build_model(
     input_shape: tuple[int, int, int],
     classes: int,
     bn_momentum: float = BOOK_BN_MOMENTUM,
+    batch_norm: type[keras.layers.BatchNormalization] = FusedBatchNormalization,
 ) -> keras.Model:
     """Build the model called `name` (see MODELS)."""
     if name == "minigooglenet":
-        return build_minigooglenet(input_shape, classes, bn_momentum)
+        return build_minigooglenet(input_shape, classes, bn_momentum, batch_norm)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
