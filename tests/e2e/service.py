@@ -16,6 +16,13 @@ from typing import Any
 import httpx
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+# One short epoch on synthetic data: enough to hold GPUs while placement is checked.
+ONE_EPOCH_JOB = {
+    "dataset": "synthetic",
+    "epochs": 1,
+    "mixed_precision": "bfloat16",
+    "batch_size": 32,
+}
 
 
 def free_port() -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.service import (
+    ONE_EPOCH_JOB,
     TERMINAL,
     add_user,
     api_client,
@@ -27,8 +28,6 @@ from tests.e2e.service import (
 )
 
 pytestmark = pytest.mark.training
-
-JOB = {"dataset": "synthetic", "epochs": 1, "mixed_precision": "bfloat16", "batch_size": 32}
 
 
 def when(value: str) -> datetime:
@@ -47,17 +46,17 @@ def test_four_simulated_gpus_shared_fairly(data_dir: Path, tmp_path: Path) -> No
         bob = api_client(base_url, add_user(env, "bob"))
         wait_for_hosts(alice, {"lab1"})
 
-        too_big = alice.post("/jobs", json={**JOB, "gpus": 5})
+        too_big = alice.post("/jobs", json={**ONE_EPOCH_JOB, "gpus": 5})
         assert too_big.status_code == 422
         assert "the largest host lab1 has 4" in too_big.text
 
         ids = {}
         for name, gpus in (("A", 2), ("B", 2), ("C", 4), ("D", 1)):
-            response = alice.post("/jobs", json={**JOB, "gpus": gpus, "name": name})
+            response = alice.post("/jobs", json={**ONE_EPOCH_JOB, "gpus": gpus, "name": name})
             assert response.status_code == 201, response.text
             ids[name] = response.json()["id"]
 
-        over = alice.post("/jobs", json={**JOB, "gpus": 1})
+        over = alice.post("/jobs", json={**ONE_EPOCH_JOB, "gpus": 1})
         assert over.status_code == 429
         assert "limit" in over.json()["detail"]
 

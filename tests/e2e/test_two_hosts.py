@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.service import (
+    ONE_EPOCH_JOB,
     TERMINAL,
     add_user,
     api_client,
@@ -21,8 +22,6 @@ from tests.e2e.service import (
 )
 
 pytestmark = pytest.mark.training
-
-JOB = {"dataset": "synthetic", "epochs": 1, "mixed_precision": "bfloat16", "batch_size": 32}
 
 
 def test_jobs_are_routed_to_hosts_that_fit(
@@ -48,9 +47,9 @@ def test_jobs_are_routed_to_hosts_that_fit(
     ):
         wait_healthy(base_url)
         wait_for_hosts(client, {"lab1", "lab2"})
-        big = client.post("/jobs", json={**JOB, "gpus": 4}).json()["id"]
-        small = client.post("/jobs", json={**JOB, "gpus": 2}).json()["id"]
-        too_big = client.post("/jobs", json={**JOB, "gpus": 5})
+        big = client.post("/jobs", json={**ONE_EPOCH_JOB, "gpus": 4}).json()["id"]
+        small = client.post("/jobs", json={**ONE_EPOCH_JOB, "gpus": 2}).json()["id"]
+        too_big = client.post("/jobs", json={**ONE_EPOCH_JOB, "gpus": 5})
         assert too_big.status_code == 422 and "largest host lab2 has 4" in too_big.text
         done = {
             job_id: wait_for(client, job_id, lambda j: j["status"] in TERMINAL, timeout=240)
