@@ -1,11 +1,11 @@
-"""Alembic environment: the URL comes from Trainyard's settings, the metadata from app.models."""
+"""Alembic environment: the URL comes from Trainyard's settings, the metadata from app.core.models."""
 
 from alembic import context
 from sqlalchemy import Connection
 
-from app.config import get_settings
-from app.db import make_engine
-from app.models import Base
+from app.core.config import get_settings
+from app.core.db import make_engine
+from app.core.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -17,9 +17,9 @@ import redis
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
-from app.config import get_settings
-from app.db import get_engine, get_session_factory
-from app.migrate import upgrade_database
+from app.core.config import get_settings
+from app.core.db import get_engine, get_session_factory
+from app.core.migrate import upgrade_database
 
 REQUIRE_SERVICES = os.environ.get("TRAINYARD_TEST_REQUIRE_SERVICES") == "1"
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -115,7 +115,7 @@ def bearer(token: str) -> dict[str, str]:
 @pytest.fixture
 def tokens(db: Path) -> dict[str, str]:
     """Tokens of alice and bob (users) and root (an admin), in the migrated database."""
-    from app.users import create_user
+    from app.core.users import create_user
 
     with get_session_factory()() as session:
         return {

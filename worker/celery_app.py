@@ -11,9 +11,9 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutting_down
 
-from app.broker import make_celery
-from app.config import get_settings
-from app.db import get_session_factory
+from app.core.config import get_settings
+from app.core.db import get_session_factory
+from worker.broker import make_celery
 
 celery = make_celery(get_settings())
 celery.conf.include = ["worker.tasks"]

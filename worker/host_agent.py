@@ -11,8 +11,8 @@ from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.broker import RUN_JOB_TASK
-from app.config import Settings
+from app.core.config import Settings
+from worker.broker import RUN_JOB_TASK
 from worker.gpus import discover, pids_in_process_groups
 from worker.inventory import heartbeat_host, register_host
 from worker.reconcile import reconcile, recover_own_orphans

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from app.config import Settings
-from app.models import Gpu, Host, utcnow
+from app.core.config import Settings
+from app.core.models import Gpu, Host, utcnow
 from worker.gpus import GpuInfo, foreign_pids
 
 

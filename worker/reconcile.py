@@ -16,10 +16,10 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.config import Settings
-from app.db import rows_changed
-from app.hosts import live_hosts, release_leases
-from app.models import FailureReason, Job, JobStatus, utcnow
+from app.core.config import Settings
+from app.core.db import rows_changed
+from app.core.hosts import live_hosts, release_leases
+from app.core.models import FailureReason, Job, JobStatus, utcnow
 from worker.scheduler import Placement
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.db import rows_changed
-from app.hosts import release_leases
-from app.models import EPOCH_METRICS, Epoch, FailureReason, Job, JobStatus, utcnow
+from app.core.db import rows_changed
+from app.core.hosts import release_leases
+from app.core.models import EPOCH_METRICS, Epoch, FailureReason, Job, JobStatus, utcnow
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from datetime import datetime
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from app.config import Settings
-from app.db import rows_changed
-from app.hosts import active_leases, live_hosts, too_few_gpus
-from app.models import GpuLease, Host, Job, JobStatus, utcnow
+from app.core.config import Settings
+from app.core.db import rows_changed
+from app.core.hosts import active_leases, live_hosts, too_few_gpus
+from app.core.models import GpuLease, Host, Job, JobStatus, utcnow
 
 # pg_advisory_xact_lock key: one scheduling pass at a time across all workers.
 _SCHEDULER_LOCK = 0x7472_6169

@@ -26,8 +26,8 @@ from typing import IO, Any
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app.config import Settings
-from app.models import FailureReason, JobStatus
+from app.core.config import Settings
+from app.core.models import FailureReason, JobStatus
 from worker import runs
 from worker.trainer_config import leased_devices, trainer_config
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from app.broker import RUN_JOB_TASK
-from app.config import get_settings
-from app.db import get_session_factory
+from app.core.config import get_settings
+from app.core.db import get_session_factory
 from worker import supervisor
+from worker.broker import RUN_JOB_TASK
 from worker.celery_app import celery, shutdown_event
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.config import Settings
-from app.hosts import leased_indices
-from app.models import Gpu, Host
+from app.core.config import Settings
+from app.core.hosts import leased_indices
+from app.core.models import Gpu, Host
 from worker import runs
 from worker.gpus import GpuInfo, cuda_visible_devices
 

@@ -2,12 +2,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, UploadFile, status
 
-from app import datasets as dataset_queries
-from app.auth import UNAUTHORIZED, current_user
-from app.config import get_settings
-from app.db import SessionDep
-from app.schemas import MAX_ID, DatasetOut
-from worker.training.dataset_files import DatasetError
+from app.api.auth import UNAUTHORIZED, current_user
+from app.api.deps import SessionDep
+from app.api.schemas import MAX_ID, DatasetOut
+from app.core import datasets as dataset_queries
+from app.core.config import get_settings
+from app.core.dataset_files import DatasetError
 
 router = APIRouter(
     prefix="/datasets",

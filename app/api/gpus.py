@@ -1,11 +1,11 @@
 from fastapi import APIRouter, Depends
 
-from app.auth import UNAUTHORIZED, current_user
-from app.config import get_settings
-from app.db import SessionDep
-from app.hosts import all_hosts, holders
-from app.models import utcnow
-from app.schemas import GpuOut, GpuState, HostOut
+from app.api.auth import UNAUTHORIZED, current_user
+from app.api.deps import SessionDep
+from app.api.schemas import GpuOut, GpuState, HostOut
+from app.core.config import get_settings
+from app.core.hosts import all_hosts, holders
+from app.core.models import utcnow
 
 router = APIRouter(
     prefix="/gpus", tags=["gpus"], dependencies=[Depends(current_user)], responses=UNAUTHORIZED

@@ -2,8 +2,8 @@ from fastapi import APIRouter
 from sqlalchemy import text
 
 from app import __version__
-from app.db import SessionDep
-from app.schemas import Health
+from app.api.deps import SessionDep
+from app.api.schemas import Health
 
 router = APIRouter(tags=["health"])
 

@@ -5,16 +5,16 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response, status
 from fastapi.responses import FileResponse, PlainTextResponse
 
-from app import jobs as job_queries
+from app.api.auth import UNAUTHORIZED, CurrentUser, current_user, require_owner_or_admin
 from app.api.datasets import field_error
-from app.auth import UNAUTHORIZED, CurrentUser, current_user, require_owner_or_admin
-from app.config import get_settings
-from app.datasets import get_dataset
-from app.db import SessionDep
-from app.hosts import live_hosts, too_few_gpus
-from app.models import EPOCH_METRICS, Job, JobStatus, utcnow
-from app.plots import render_history_png
-from app.schemas import MAX_ID, EpochOut, JobOut, JobPage, JobSpec
+from app.api.deps import SessionDep
+from app.api.schemas import MAX_ID, EpochOut, JobOut, JobPage, JobSpec
+from app.core import jobs as job_queries
+from app.core.config import get_settings
+from app.core.datasets import get_dataset
+from app.core.hosts import live_hosts, too_few_gpus
+from app.core.models import EPOCH_METRICS, Job, JobStatus, utcnow
+from app.core.plots import render_history_png
 
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="A job's id.")]
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import app.models
+import app.core.models
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -29,7 +29,7 @@ def upgrade() -> None:
         sa.Column("train_images", sa.Integer(), nullable=False),
         sa.Column("test_images", sa.Integer(), nullable=False),
         sa.Column("size_bytes", sa.Integer(), nullable=False),
-        sa.Column("created_at", app.models.UTCDateTime(), nullable=False),
+        sa.Column("created_at", app.core.models.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_datasets")),
     )
 

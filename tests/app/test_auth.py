@@ -8,10 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from app.db import get_session_factory
+from app.core.db import get_session_factory
+from app.core.models import User
+from app.core.users import revoke_user
 from app.main import app
-from app.models import User
-from app.users import revoke_user
 from tests.conftest import bearer, place_and_claim, register_test_host
 
 

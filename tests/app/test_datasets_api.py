@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import get_settings
+from app.core.config import get_settings
 from app.main import app
 from tests.conftest import bearer
 from worker.trainer_config import trainer_config

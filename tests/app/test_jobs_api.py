@@ -16,9 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from app.db import get_session_factory
+from app.core.db import get_session_factory
+from app.core.models import Job, JobStatus
 from app.main import app
-from app.models import Job, JobStatus
 from tests.conftest import bearer, place_and_claim, register_test_host
 from worker import runs
 

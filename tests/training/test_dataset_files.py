@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from worker.training.dataset_files import DatasetError, describe, load_npz
+from app.core.dataset_files import DatasetError, describe, load_npz
 
 
 def good_arrays(
@@ -177,7 +177,7 @@ def test_dataset_error_is_a_value_error() -> None:
 
 def test_dataset_files_does_not_import_tensorflow() -> None:
     code = (
-        "import sys, worker.training.dataset_files, worker.training.config; "
+        "import sys, app.core.dataset_files, worker.training.config; "
         "sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

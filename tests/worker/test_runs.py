@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from app.db import get_session_factory
-from app.models import Epoch, FailureReason, Job, JobStatus
+from app.core.db import get_session_factory
+from app.core.models import Epoch, FailureReason, Job, JobStatus
 from worker import runs
 
 

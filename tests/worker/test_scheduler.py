@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from app.config import get_settings
-from app.db import get_session_factory
-from app.jobs import request_cancel
-from app.models import Gpu, GpuLease, Job, JobStatus, utcnow
-from app.users import create_user
+from app.core.config import get_settings
+from app.core.db import get_session_factory
+from app.core.jobs import request_cancel
+from app.core.models import Gpu, GpuLease, Job, JobStatus, utcnow
+from app.core.users import create_user
 from tests.conftest import register_test_host
 from worker import runs
 from worker.reconcile import reconcile

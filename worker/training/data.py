@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from app.core.dataset_files import DatasetError, load_npz
+
 from .config import UserError
-from .dataset_files import DatasetError, load_npz
 
 SIDE = 32
 CIFAR_ARCHIVE = "cifar-10-python.tar.gz"

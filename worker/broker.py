@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Celery
 
-from app.config import Settings
+from app.core.config import Settings
 
 RUN_JOB_TASK = "trainyard.run_job"
 

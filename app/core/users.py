@@ -10,7 +10,7 @@ import secrets
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.models import User, utcnow
+from app.core.models import User, utcnow
 
 TOKEN_PREFIX = "ty_"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

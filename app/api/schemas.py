@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.models import JobStatus
+from app.core.models import JobStatus
 
 # Ids and offsets fit a 64-bit signed integer (SQLite's and PostgreSQL's BIGINT): anything
 # larger is a 422, never an overflow deep in the driver.

@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from app import cli_client
-from app.config import Settings, get_settings
+from app.cli import remote
+from app.core.config import Settings, get_settings
 
 cli = typer.Typer(
     help="Trainyard: a REST training-job service for a shared GPU box.",
@@ -33,7 +33,7 @@ def api(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
     """Apply migrations, then serve the REST API (production: one of several processes)."""
     import uvicorn
 
-    from app.migrate import upgrade_database
+    from app.core.migrate import upgrade_database
 
     upgrade_database()
     uvicorn.run("app.main:app", host=host, port=port, log_level="info")
@@ -71,7 +71,7 @@ def worker(
 @cli.command()
 def up(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
     """Start everything on this machine with no external service: API and one worker."""
-    from app.migrate import upgrade_database
+    from app.core.migrate import upgrade_database
 
     settings = get_settings()
     upgrade_database(settings)
@@ -117,8 +117,8 @@ def up(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
 def ensure_first_admin(settings: Settings) -> None:
     """On the first start, create user `admin` and keep its token in a 0600 file (like
     Jupyter's token, printed so the person at the terminal can use it at once)."""
-    from app.db import get_session_factory
-    from app.users import count_users, create_user
+    from app.core.db import get_session_factory
+    from app.core.users import count_users, create_user
 
     token_file = settings.data_dir / "admin-token"
     with get_session_factory()() as session:
@@ -139,9 +139,9 @@ def user_add(
     admin: Annotated[bool, typer.Option("--admin", help="May act on every job.")] = False,
 ) -> None:
     """Create a user and print its token (shown only this once; stored hashed)."""
-    from app.db import get_session_factory
-    from app.migrate import upgrade_database
-    from app.users import UserError, create_user
+    from app.core.db import get_session_factory
+    from app.core.migrate import upgrade_database
+    from app.core.users import UserError, create_user
 
     upgrade_database()
     with get_session_factory()() as session:
@@ -160,9 +160,9 @@ def user_list() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from app.db import get_session_factory
-    from app.migrate import upgrade_database
-    from app.users import list_users
+    from app.core.db import get_session_factory
+    from app.core.migrate import upgrade_database
+    from app.core.users import list_users
 
     upgrade_database()
     table = Table("name", "role", "created", "revoked")
@@ -180,9 +180,9 @@ def user_list() -> None:
 @user_cli.command("revoke")
 def user_revoke(name: str) -> None:
     """Revoke a user's token: its requests get 401 from now on."""
-    from app.db import get_session_factory
-    from app.migrate import upgrade_database
-    from app.users import UserError, revoke_user
+    from app.core.db import get_session_factory
+    from app.core.migrate import upgrade_database
+    from app.core.users import UserError, revoke_user
 
     upgrade_database()
     with get_session_factory()() as session:
@@ -205,7 +205,7 @@ def train(ctx: typer.Context) -> None:
     raise typer.Exit(train_main(list(ctx.args), prog="trainyard train"))
 
 
-cli_client.register(cli)
+remote.register(cli)
 
 
 def main() -> None:

@@ -10,9 +10,9 @@ from typing import BinaryIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.config import Settings
-from app.models import Dataset
-from worker.training.dataset_files import DatasetError, describe, load_npz
+from app.core.config import Settings
+from app.core.dataset_files import DatasetError, describe, load_npz
+from app.core.models import Dataset
 
 
 class TooLarge(ValueError):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import Annotated, Any, cast
+from typing import Any, cast
 
-from fastapi import Depends
 from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import get_settings
+from app.core.config import get_settings
 
 
 def make_engine(url: str) -> Engine:
@@ -43,12 +42,10 @@ def get_session_factory() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
 
 
-def get_db() -> Iterator[Session]:
+def session_scope() -> Iterator[Session]:
+    """One session for the length of a request (the API's dependency) or a `with` block."""
     with get_session_factory()() as session:
         yield session
-
-
-SessionDep = Annotated[Session, Depends(get_db)]
 
 
 def rows_changed(result: Result[Any]) -> int:

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.db import SessionDep
-from app.models import Job, User
-from app.users import user_for_token
+from app.api.deps import SessionDep
+from app.core.models import Job, User
+from app.core.users import user_for_token
 
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing, invalid or revoked bearer token."}

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from app.models import Epoch
+from app.core.models import Epoch
 
 DATASET_TITLES = {"cifar10": "CIFAR-10", "digits": "digits", "synthetic": "synthetic data"}
 MODEL_TITLES = {"minigooglenet": "MiniGoogLeNet"}

@@ -6,9 +6,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db import rows_changed
-from app.hosts import leased_indices, release_leases
-from app.models import (
+from app.api.schemas import EpochOut, JobOut, JobSpec
+from app.core.db import rows_changed
+from app.core.hosts import leased_indices, release_leases
+from app.core.models import (
     TERMINAL_STATUSES,
     Epoch,
     FailureReason,
@@ -17,7 +18,6 @@ from app.models import (
     User,
     utcnow,
 )
-from app.schemas import EpochOut, JobOut, JobSpec
 
 
 def create_job(

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from app.client import ApiError, Client
+from app.cli.client import ApiError, Client
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 console = Console()

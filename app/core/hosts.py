@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.config import Settings
-from app.models import GpuLease, Host, Job, utcnow
+from app.core.config import Settings
+from app.core.models import GpuLease, Host, Job, utcnow
 
 
 def live_hosts(session: Session, settings: Settings, now: datetime) -> list[Host]:
