@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from Trainyard's settings, the metadata from app.core.models."""
+"""Alembic environment: the URL from Trainyard's settings, the metadata from app.core.models."""
 
 from alembic import context
 from sqlalchemy import Connection

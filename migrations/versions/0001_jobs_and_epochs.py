@@ -10,8 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import app.core.models
-
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -26,11 +24,11 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("spec", sa.JSON(), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
-        sa.Column("created_at", app.core.models.UTCDateTime(), nullable=False),
-        sa.Column("started_at", app.core.models.UTCDateTime(), nullable=True),
-        sa.Column("finished_at", app.core.models.UTCDateTime(), nullable=True),
-        sa.Column("heartbeat_at", app.core.models.UTCDateTime(), nullable=True),
-        sa.Column("cancel_requested_at", app.core.models.UTCDateTime(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("cancel_requested_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("worker", sa.String(length=200), nullable=True),
         sa.Column("replicas", sa.Integer(), nullable=True),
         sa.Column("failure_reason", sa.String(length=32), nullable=True),
@@ -52,7 +50,7 @@ def upgrade() -> None:
         sa.Column("lr", sa.Float(), nullable=True),
         sa.Column("seconds", sa.Float(), nullable=True),
         sa.Column("replicas", sa.Integer(), nullable=True),
-        sa.Column("recorded_at", app.core.models.UTCDateTime(), nullable=False),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["job_id"], ["jobs.id"], name=op.f("fk_epochs_job_id_jobs"), ondelete="CASCADE"
         ),

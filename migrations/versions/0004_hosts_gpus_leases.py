@@ -10,8 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import app.core.models
-
 revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
@@ -26,8 +24,8 @@ def upgrade() -> None:
         sa.Column("simulated", sa.Boolean(), nullable=False),
         sa.Column("gpu_source", sa.String(length=32), nullable=False),
         sa.Column("cpu_slots", sa.Integer(), nullable=False),
-        sa.Column("started_at", app.core.models.UTCDateTime(), nullable=False),
-        sa.Column("last_heartbeat", app.core.models.UTCDateTime(), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_heartbeat", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_hosts")),
     )
     op.create_table(
@@ -41,7 +39,7 @@ def upgrade() -> None:
         sa.Column("memory_used_mib", sa.Integer(), nullable=True),
         sa.Column("utilization_percent", sa.Integer(), nullable=True),
         sa.Column("foreign_pids", sa.JSON(), nullable=False),
-        sa.Column("updated_at", app.core.models.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["host"], ["hosts.name"], name=op.f("fk_gpus_host_hosts"), ondelete="CASCADE"
         ),
@@ -55,8 +53,8 @@ def upgrade() -> None:
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("host", sa.String(length=200), nullable=False),
         sa.Column("gpu_index", sa.Integer(), nullable=False),
-        sa.Column("leased_at", app.core.models.UTCDateTime(), nullable=False),
-        sa.Column("released_at", app.core.models.UTCDateTime(), nullable=True),
+        sa.Column("leased_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("released_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["job_id"], ["jobs.id"], name=op.f("fk_gpu_leases_job_id_jobs"), ondelete="CASCADE"
         ),
@@ -73,7 +71,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("host", sa.String(length=200), nullable=True))
-        batch.add_column(sa.Column("placed_at", app.core.models.UTCDateTime(), nullable=True))
+        batch.add_column(sa.Column("placed_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("waiting_reason", sa.Text(), nullable=True))
         batch.create_index(batch.f("ix_jobs_host"), ["host"], unique=False)
 
