@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 for _wheel in sorted((ROOT / ".gpucheck").glob("nvidia_ml_py-*.whl")):
     sys.path.insert(0, str(_wheel))
 
-from worker import gpus  # noqa: E402
+from worker import gpus, procfs  # noqa: E402
 
 HOLD_GIB = 2
 failures: list[str] = []
@@ -85,7 +85,7 @@ def check_foreign(gpu0: gpus.GpuInfo) -> None:
                 nvml_pids=seen.process_pids if seen else None,
             )
             return
-        own = gpus.pids_in_process_groups({holder.pid})
+        own = procfs.pids_in_process_groups({holder.pid})
         foreign_to_nobody = gpus.foreign_pids(seen, set())
         foreign_to_owner = gpus.foreign_pids(seen, own)
         emit(

@@ -137,12 +137,12 @@ def register_test_host(name: str = "test-host", gpus: int = 4) -> None:
 def place_and_claim(job_id: int, host: str = "test-host") -> int:
     """Run a scheduling pass and claim `job_id` on `host` as its worker would; returns the
     attempt. The host must be registered (register_test_host)."""
-    from worker import runs
+    from app.core import lifecycle
     from worker.scheduler import schedule
 
     with get_session_factory()() as session:
         placed = schedule(session, get_settings())
         assert job_id in {p.job_id for p in placed}, f"job {job_id} was not placed: {placed}"
-        claim = runs.claim(session, job_id, host)
+        claim = lifecycle.claim(session, job_id, host)
         assert claim is not None
         return claim.attempt

@@ -1,6 +1,6 @@
-"""Celery configuration and task names, shared by every worker (and any sender).
-
-Messages are sent by task name (`send_task`), so a sender never imports the task code.
+"""Celery configuration and the task name. Only workers use Celery: their scheduling passes
+send "run job N" (by task name, `send_task`) to the queue of the host a job was placed on,
+and each worker consumes its own host's queue. The API sends nothing; it commits jobs.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 from celery import Celery
 
 from app.core.config import Settings
+from worker.inventory import host_queue
 
 RUN_JOB_TASK = "trainyard.run_job"
 
@@ -25,7 +26,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_default_queue": settings.queue,
+        # This host's queue, so that any worker started on this app, `celery -A
+        # worker.celery_app worker` included, consumes the jobs placed on this host.
+        "task_default_queue": host_queue(settings),
+        # Each task only supervises a child process: threads, which share the host agent's
+        # record of our trainers' process groups (a forked pool would not).
+        "worker_pool": "threads",
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
     }

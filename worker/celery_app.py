@@ -1,7 +1,9 @@
-"""The worker's Celery application: the shared broker configuration plus the task module.
+"""The worker's Celery application: the broker configuration plus the task module.
 
-Start it with `trainyard worker` (or `celery -A worker.celery_app worker`); it never
-imports TensorFlow, which lives only in the trainer's child process.
+Start it with `trainyard worker`, which also names the worker after its host and leaves out
+Celery's gossip, mingle and heartbeat. `celery -A worker.celery_app worker` works too: the
+configuration makes it consume this host's queue with a threads pool. It never imports
+TensorFlow, which lives only in the trainer's child process.
 """
 
 from __future__ import annotations
@@ -11,12 +13,25 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutting_down
 
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 from app.core.db import get_session_factory
 from worker.broker import make_celery
+from worker.gpus import discover
 
 celery = make_celery(get_settings())
 celery.conf.include = ["worker.tasks"]
+
+
+def default_concurrency(settings: Settings) -> int:
+    """Threads enough for every job this host can run at once: one per GPU, plus its CPU job
+    slots (the scheduler decides what runs; this only has to be large enough)."""
+    if settings.worker_concurrency:
+        return settings.worker_concurrency
+    gpus, _ = discover(settings.simulated_gpus)
+    return max(1, len(gpus) + settings.cpu_job_slots)
+
+
+celery.conf.worker_concurrency = default_concurrency(get_settings())
 
 # Set when the worker begins to shut down: running supervisors stop their trainers and
 # give their jobs back to the queue instead of holding the shutdown for hours.

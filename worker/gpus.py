@@ -5,7 +5,8 @@ nvidia-ml-py); the `nvidia-smi` command when pynvml is missing or NVML will not 
 no GPUs at all. No NVIDIA driver is a normal state (a CPU-only box), never an exception.
 
 This module imports neither TensorFlow nor anything from app/ or Celery: the worker imports
-it, and scripts/check_gpus.py runs it on a bare GPU machine.
+it, and scripts/check_gpus.py runs it on a bare GPU machine. Process groups are read by
+worker/procfs.py.
 
 Indices: `GpuInfo.index` is NVML's index, which is PCI bus order. CUDA numbers devices
 fastest-first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, so the supervisor starts every trainer
@@ -32,7 +33,6 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -83,30 +83,6 @@ def cuda_visible_devices(gpus: list[GpuInfo]) -> str:
     if all(gpu.uuid for gpu in real):
         return ",".join(str(gpu.uuid) for gpu in real)
     return ",".join(str(gpu.index) for gpu in real)
-
-
-def pids_in_process_groups(pgids: set[int]) -> set[int]:
-    """All live PIDs whose process group is one of `pgids` (empty where there is no /proc)."""
-    found: set[int] = set()
-    if not pgids:
-        return found
-    try:
-        entries = list(Path("/proc").iterdir())
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # the process ended while we looked, or is not ours to read
-            continue
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and ")", so split after
-        # the last ")".
-        fields = stat.rpartition(")")[2].split()
-        if len(fields) > 2 and fields[2].isdigit() and int(fields[2]) in pgids:
-            found.add(int(entry.name))
-    return found
 
 
 def foreign_pids(gpu: GpuInfo, own_pids: set[int]) -> list[int]:

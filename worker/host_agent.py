@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from worker.broker import RUN_JOB_TASK
-from worker.gpus import discover, pids_in_process_groups
+from worker.gpus import discover
 from worker.inventory import heartbeat_host, register_host
+from worker.procfs import pids_in_process_groups
 from worker.reconcile import reconcile, recover_own_orphans
 from worker.scheduler import Placement, schedule
 from worker.supervisor import TRAINER_PGIDS

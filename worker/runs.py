@@ -1,13 +1,14 @@
-"""Database writes of a run. Each one is fenced by the attempt number: a stale run is refused.
+"""What a run writes while it trains: its start, its epochs, its heartbeat. Each write is fenced
+by the attempt number (`lifecycle.owned_by`): a stale run is refused.
 
 A run owns its job only while `jobs.attempt` equals the attempt it claimed and the job is
-`running`; every write below checks exactly that, so a second delivery, a requeue or an
-operator's cancel can never be overwritten by a run that lost the job.
+`running`, so a second delivery, a requeue or an operator's cancel can never be overwritten
+by a run that lost the job. The run's end (finish, requeue) is a status change, made by
+app/core/lifecycle.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import update
@@ -15,51 +16,20 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.core.db import rows_changed
-from app.core.hosts import release_leases
-from app.core.models import EPOCH_METRICS, Epoch, FailureReason, Job, JobStatus, utcnow
+from app.core.lifecycle import owned_by
+from app.core.models import EPOCH_METRICS, Epoch, Job, utcnow
+
+# Fields of the trainer's `started` event kept as the job's `resolved`.
+RESOLVED_FIELDS = ("bn_momentum", "precision", "params", "global_batch", "steps_per_epoch")
 
 
-@dataclass(frozen=True)
-class Claim:
-    job_id: int
-    attempt: int
-    spec: dict[str, Any]
-
-
-def _owned(job_id: int, attempt: int) -> Any:
-    return (Job.id == job_id) & (Job.attempt == attempt) & (Job.status == JobStatus.running)
-
-
-def claim(session: Session, job_id: int, worker: str) -> Claim | None:
-    """queued -> running with attempt + 1, or None when the job is not queued and placed on
-    this host (a duplicate delivery, a cancelled job, a message for another host)."""
-    now = utcnow()
+def record_started(session: Session, job_id: int, attempt: int, event: dict[str, Any]) -> bool:
+    """The trainer started: its replica count and what it resolved (GET /jobs/{id} shows it)."""
+    resolved = {key: event[key] for key in RESOLVED_FIELDS if key in event}
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.queued, Job.host == worker)
-        .values(
-            status=JobStatus.running,
-            attempt=Job.attempt + 1,
-            started_at=now,
-            heartbeat_at=now,
-            worker=worker,
-            finished_at=None,
-            failure_reason=None,
-            failure_message=None,
-        )
-    )
-    session.commit()
-    if rows_changed(result) != 1:
-        return None
-    job = session.get(Job, job_id)
-    assert job is not None  # just updated under the same id
-    session.refresh(job)
-    return Claim(job_id=job_id, attempt=job.attempt, spec=dict(job.spec))
-
-
-def record_started(session: Session, job_id: int, attempt: int, replicas: int) -> bool:
-    result = session.execute(
-        update(Job).where(_owned(job_id, attempt)).values(replicas=replicas, heartbeat_at=utcnow())
+        .where(owned_by(job_id, attempt))
+        .values(replicas=int(event.get("replicas") or 0), resolved=resolved, heartbeat_at=utcnow())
     )
     session.commit()
     return rows_changed(result) == 1
@@ -69,7 +39,7 @@ def record_epoch(session: Session, job_id: int, attempt: int, event: dict[str, A
     """Store one epoch once. A replay of a stored epoch changes nothing; an epoch retrained by
     a later attempt (the earlier one died before its checkpoint) replaces the older record."""
     owned = session.execute(
-        update(Job).where(_owned(job_id, attempt)).values(heartbeat_at=utcnow())
+        update(Job).where(owned_by(job_id, attempt)).values(heartbeat_at=utcnow())
     )
     if rows_changed(owned) != 1:
         session.rollback()
@@ -95,7 +65,7 @@ def heartbeat(session: Session, job_id: int, attempt: int) -> tuple[bool, bool]:
     """(still owned, cancel requested)."""
     result = session.execute(
         update(Job)
-        .where(_owned(job_id, attempt))
+        .where(owned_by(job_id, attempt))
         .values(heartbeat_at=utcnow())
         .returning(Job.cancel_requested_at)
     )
@@ -104,44 +74,3 @@ def heartbeat(session: Session, job_id: int, attempt: int) -> tuple[bool, bool]:
     if row is None:
         return False, False
     return True, row[0] is not None
-
-
-def finish(
-    session: Session,
-    job_id: int,
-    attempt: int,
-    status: JobStatus,
-    reason: FailureReason | None = None,
-    message: str | None = None,
-) -> bool:
-    """End the run and release its GPUs, in one transaction (the trainer is gone)."""
-    result = session.execute(
-        update(Job)
-        .where(_owned(job_id, attempt))
-        .values(
-            status=status,
-            finished_at=utcnow(),
-            failure_reason=reason,
-            failure_message=message,
-        )
-    )
-    return _release_if(session, job_id, rows_changed(result) == 1)
-
-
-def requeue(session: Session, job_id: int, attempt: int) -> bool:
-    """Give the job back to the queue (worker shutting down); the next run resumes it."""
-    result = session.execute(
-        update(Job)
-        .where(_owned(job_id, attempt))
-        .values(status=JobStatus.queued, heartbeat_at=None, worker=None, host=None, placed_at=None)
-    )
-    return _release_if(session, job_id, rows_changed(result) == 1)
-
-
-def _release_if(session: Session, job_id: int, owned: bool) -> bool:
-    if owned:
-        release_leases(session, job_id)
-        session.commit()
-    else:
-        session.rollback()
-    return owned

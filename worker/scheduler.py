@@ -8,9 +8,9 @@ those hosts until it has started. So a 4-GPU job is never starved by a stream of
 jobs, at the price of idle GPUs while it waits. Jobs held back only by their owner's GPU
 quota reserve nothing.
 
-A pass runs in one transaction. Leases are inserted all-or-nothing with the job's
-placement; a partial unique index allows one active lease per GPU, so two schedulers
-racing can never lease a GPU twice (the loser's transaction fails and retries later).
+A pass runs in one transaction; the placements (status and leases) are made by
+app/core/lifecycle.py's `place`, all-or-nothing, so two schedulers racing can never lease a
+GPU twice (the loser's transaction fails and retries later).
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from app.core import lifecycle
 from app.core.config import Settings
-from app.core.db import rows_changed
-from app.core.hosts import active_leases, live_hosts, too_few_gpus
-from app.core.models import GpuLease, Host, Job, JobStatus, utcnow
+from app.core.hosts import live_hosts, too_few_gpus
+from app.core.jobs import queued_in_order
+from app.core.models import Host, Job, JobStatus, utcnow
 
 # pg_advisory_xact_lock key: one scheduling pass at a time across all workers.
 _SCHEDULER_LOCK = 0x7472_6169
@@ -39,17 +40,6 @@ class Placement:
     gpu_indices: tuple[int, ...]
 
 
-def queued_in_order(session: Session) -> list[Job]:
-    """Jobs waiting for a placement, in the order the scheduler considers them."""
-    return list(
-        session.scalars(
-            select(Job)
-            .where(Job.status == JobStatus.queued, Job.host.is_(None))
-            .order_by(Job.priority.desc(), Job.id)
-        )
-    )
-
-
 def _lock(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEDULER_LOCK})
@@ -61,7 +51,7 @@ def schedule(session: Session, settings: Settings) -> list[Placement]:
     _lock(session)
     now = utcnow()
     hosts = live_hosts(session, settings, now)
-    leases = active_leases(session)
+    leases = lifecycle.active_leases(session)
     leased = {(lease.host, lease.gpu_index) for lease in leases}
     free: dict[str, list[int]] = {
         host.name: [
@@ -74,7 +64,7 @@ def schedule(session: Session, settings: Settings) -> list[Placement]:
     cpu_busy: dict[str, int] = dict(
         session.execute(  # type: ignore[arg-type]  # Job.host is not NULL here
             select(Job.host, func.count())
-            .where(Job.host.is_not(None), Job.status.in_([JobStatus.queued, JobStatus.running]))
+            .where(Job.status.in_([JobStatus.placed, JobStatus.running]))
             .where(Job.spec["gpus"].as_integer() == 0)
             .group_by(Job.host)
         ).all()
@@ -102,16 +92,6 @@ def schedule(session: Session, settings: Settings) -> list[Placement]:
     return placements
 
 
-def _claim_placement(session: Session, job: Job, host: Host, now: datetime) -> bool:
-    """Conditionally mark `job` placed: a racing pass that placed it first wins."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == JobStatus.queued, Job.host.is_(None))
-        .values(host=host.name, placed_at=now, waiting_reason=None)
-    )
-    return rows_changed(result) == 1
-
-
 def _place_cpu_job(
     session: Session, job: Job, hosts: list[Host], cpu_busy: dict[str, int], now: datetime
 ) -> Placement | None:
@@ -120,7 +100,7 @@ def _place_cpu_job(
         _wait(job, "no worker host is up" if not hosts else "waits for a CPU slot")
         return None
     host = min(open_hosts, key=lambda h: (cpu_busy.get(h.name, 0), h.name))
-    if not _claim_placement(session, job, host, now):
+    if not lifecycle.place(session, job, host.name, (), now):
         return None
     cpu_busy[host.name] = cpu_busy.get(host.name, 0) + 1
     return Placement(job.id, host.name, host.queue, ())
@@ -172,12 +152,8 @@ def _place_gpu_job(
     # Best fit: the host left with the fewest free GPUs keeps larger blocks for larger jobs.
     host = min(ready, key=lambda h: (len(free[h.name]) - need, h.name))
     indices = tuple(sorted(free[host.name])[:need])
-    if not _claim_placement(session, job, host, now):
+    if not lifecycle.place(session, job, host.name, indices, now):
         return None
-    for index in indices:
-        session.add(
-            GpuLease(job_id=job.id, attempt=job.attempt + 1, host=host.name, gpu_index=index)
-        )
     free[host.name] = [i for i in free[host.name] if i not in indices]
     held[job.owner_id] += need
     return Placement(job.id, host.name, host.queue, indices)

@@ -15,7 +15,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +25,9 @@ from typing import IO, Any
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from app.core import lifecycle
 from app.core.config import Settings
+from app.core.logs import tail_lines
 from app.core.models import FailureReason, JobStatus
 from worker import runs
 from worker.trainer_config import leased_devices, trainer_config
@@ -58,11 +59,11 @@ class RunOutcome:
     protocol_errors: list[str] = field(default_factory=list)
 
 
-def trainer_command(config_path: Path, workdir: Path) -> list[str]:
+def trainer_command(settings: Settings, config_path: Path, workdir: Path) -> list[str]:
+    """The trainer's command line; `--workdir <job folder>` also marks its processes as this
+    job's (worker.procfs.trainers_in)."""
     return [
-        sys.executable,
-        "-m",
-        "worker.training",
+        *settings.trainer_argv(),
         "--json",
         "--exit-on-stdin-eof",
         "--config",
@@ -105,16 +106,6 @@ def wait_group_gone(pgid: int, grace_seconds: float, process: subprocess.Popen[s
         time.sleep(0.05)
 
 
-def _tail(path: Path, lines: int) -> str:
-    if not path.exists():
-        return ""
-    with path.open("rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        handle.seek(max(0, handle.tell() - 64 * 1024))
-        text = handle.read().decode(errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
-
-
 class JobSupervisor:
     """Supervises one attempt of one job; `run()` returns once the job is settled."""
 
@@ -122,7 +113,7 @@ class JobSupervisor:
         self,
         settings: Settings,
         session_factory: Callable[[], Session],
-        claim: runs.Claim,
+        claim: lifecycle.Claim,
         shutdown: threading.Event,
     ) -> None:
         self.settings = settings
@@ -170,7 +161,7 @@ class JobSupervisor:
             )
             stderr.flush()
             process = subprocess.Popen(
-                trainer_command(config_path, self.workdir),
+                trainer_command(self.settings, config_path, self.workdir),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -239,7 +230,7 @@ class JobSupervisor:
             log.warning("job %s: not an event: %r", self.claim.job_id, line[:200])
             return
         if kind == "started":
-            self._db(runs.record_started, int(event.get("replicas") or 0))
+            self._db(runs.record_started, event)
         elif kind == "epoch":
             if self._db(runs.record_epoch, event):
                 self.outcome.last_epoch = max(self.outcome.last_epoch, int(event["epoch"]))
@@ -260,18 +251,18 @@ class JobSupervisor:
             return
         if outcome.cancelled:
             message = f"cancelled on request after epoch {outcome.last_epoch}"
-            self._db(runs.finish, JobStatus.cancelled, FailureReason.cancelled, message)
+            self._db(lifecycle.finish, JobStatus.cancelled, FailureReason.cancelled, message)
         elif outcome.stopped_for_shutdown:
-            if self._db(runs.requeue):
+            if self._db(lifecycle.requeue):
                 log.info("job %s requeued: worker shutting down", job_id)
         elif outcome.finished and returncode == 0:
-            self._db(runs.finish, JobStatus.succeeded)
+            self._db(lifecycle.finish, JobStatus.succeeded)
         else:
             reason, message = self._failure(returncode)
-            self._db(runs.finish, JobStatus.failed, reason, message)
+            self._db(lifecycle.finish, JobStatus.failed, reason, message)
 
     def _failure(self, returncode: int | None) -> tuple[FailureReason, str]:
-        tail = _tail(self.log_path, self.settings.log_tail_lines)
+        tail = tail_lines(self.log_path, self.settings.log_tail_lines).rstrip()
         failure = self.outcome.failure
         if failure is not None:
             try:
@@ -296,11 +287,12 @@ def run_job(
     job_id: int,
     shutdown: threading.Event,
 ) -> RunOutcome | None:
-    """Claim job `job_id` and run it to the end; None when it was not queued (a duplicate)."""
+    """Claim job `job_id` and run it to the end; None when it was not placed here (a
+    duplicate delivery, a cancelled job)."""
     with session_factory() as session:
-        claim = runs.claim(session, job_id, settings.worker_name)
+        claim = lifecycle.claim(session, job_id, settings.worker_name)
     if claim is None:
-        log.info("job %s is not queued: delivery dropped", job_id)
+        log.info("job %s is not placed on this host: delivery dropped", job_id)
         return None
     log.info("job %s attempt %s: starting the trainer", job_id, claim.attempt)
     return JobSupervisor(settings, session_factory, claim, shutdown).run()

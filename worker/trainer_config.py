@@ -1,4 +1,5 @@
-"""What the trainer is told: the job's spec, translated to `python -m worker.training` config."""
+"""What the trainer is given: its --config (the job's training fields) and the devices of its
+leases (CUDA_VISIBLE_DEVICES, or CPU replicas for simulated GPUs)."""
 
 from __future__ import annotations
 
@@ -9,34 +10,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.hosts import leased_indices
+from app.core.lifecycle import Claim, leased_indices
 from app.core.models import Gpu, Host
-from worker import runs
+from app.core.spec import TrainingSpec
 from worker.gpus import GpuInfo, cuda_visible_devices
-
-# Spec fields the trainer takes as they are; anything else in a spec is the service's own.
-TRAINER_FIELDS = (
-    "model",
-    "dataset",
-    "gpus",
-    "cpu_replicas",
-    "epochs",
-    "lr",
-    "batch_size",
-    "momentum",
-    "bn_momentum",
-    "augment",
-    "lr_power",
-    "lr_scaling",
-    "mixed_precision",
-    "seed",
-    "name",
-)
 
 
 def trainer_config(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    config = {key: spec[key] for key in TRAINER_FIELDS if key in spec}
-    if isinstance(config.get("dataset"), int):  # an uploaded dataset, by id
+    """The trainer's --config: the job spec's training fields (the trainer validates them
+    again), with an uploaded dataset's id replaced by its file's path."""
+    config = {key: spec[key] for key in TrainingSpec.model_fields if key in spec}
+    if isinstance(config.get("dataset"), int):
         config["dataset"] = str(settings.dataset_path(config["dataset"]))
     return config
 
@@ -49,7 +33,7 @@ class Devices:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def leased_devices(session: Session, settings: Settings, claim: runs.Claim) -> Devices:
+def leased_devices(session: Session, settings: Settings, claim: Claim) -> Devices:
     """The trainer sees exactly the GPUs leased to this attempt, and nothing else.
 
     CUDA_VISIBLE_DEVICES is set before TensorFlow loads (the trainer is a fresh process);

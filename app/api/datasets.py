@@ -1,13 +1,16 @@
+"""/datasets: upload an .npz (validated before it is stored), list, read."""
+
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, UploadFile, status
 
 from app.api.auth import UNAUTHORIZED, current_user
 from app.api.deps import SessionDep
-from app.api.schemas import MAX_ID, DatasetOut
+from app.api.schemas import DatasetOut
 from app.core import datasets as dataset_queries
 from app.core.config import get_settings
 from app.core.dataset_files import DatasetError
+from app.core.spec import MAX_ID
 
 router = APIRouter(
     prefix="/datasets",

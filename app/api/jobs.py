@@ -1,3 +1,5 @@
+"""/jobs: submit, list, read, follow (metrics, plot, log), download the model, cancel."""
+
 import csv
 import io
 from typing import Annotated, Any, Literal
@@ -8,13 +10,17 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from app.api.auth import UNAUTHORIZED, CurrentUser, current_user, require_owner_or_admin
 from app.api.datasets import field_error
 from app.api.deps import SessionDep
-from app.api.schemas import MAX_ID, EpochOut, JobOut, JobPage, JobSpec
+from app.api.job_view import job_view
+from app.api.schemas import EpochOut, JobOut, JobPage
 from app.core import jobs as job_queries
+from app.core import lifecycle
 from app.core.config import get_settings
 from app.core.datasets import get_dataset
 from app.core.hosts import live_hosts, too_few_gpus
+from app.core.logs import tail_lines
 from app.core.models import EPOCH_METRICS, Job, JobStatus, utcnow
-from app.core.plots import render_history_png
+from app.core.plots import chart_title, history_png
+from app.core.spec import MAX_ID, JobSpec
 
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="A job's id.")]
 
@@ -82,10 +88,10 @@ def submit_job(
             "(TRAINYARD_MAX_ACTIVE_JOBS_PER_USER); submit again when one ends",
         )
     # Committed as queued; a worker's scheduling pass places it and sends it to its host.
-    job = job_queries.create_job(session, spec, user, idempotency_key)
+    job = lifecycle.submit(session, spec, user, idempotency_key)
     if job.spec != spec.model_dump():  # a concurrent request with this key won the race
         return _replay(session, job, spec, response)
-    return job_queries.to_out(session, job)
+    return job_view(session, job)
 
 
 def _replay(session: SessionDep, job: Job, spec: JobSpec, response: Response) -> JobOut:
@@ -102,7 +108,7 @@ def _replay(session: SessionDep, job: Job, spec: JobSpec, response: Response) ->
             ],
         )
     response.headers["Idempotent-Replayed"] = "true"
-    return job_queries.to_out(session, job)
+    return job_view(session, job)
 
 
 @router.get("", response_model=JobPage)
@@ -114,14 +120,14 @@ def list_jobs(
 ) -> JobPage:
     """List jobs, newest first, optionally only those in one status."""
     jobs, total = job_queries.list_jobs(session, status_filter, limit, offset)
-    items = [job_queries.to_out(session, job) for job in jobs]
+    items = [job_view(session, job) for job in jobs]
     return JobPage(items=items, total=total, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
 def get_job(job_id: JobId, session: SessionDep) -> JobOut:
     """One job: status, spec, timestamps, attempt, last epoch and failure reason."""
-    return job_queries.to_out(session, _job_or_404(session, job_id))
+    return job_view(session, _job_or_404(session, job_id))
 
 
 @router.get(
@@ -159,10 +165,9 @@ def get_metrics(
 def get_plot(job_id: JobId, session: SessionDep) -> Response:
     """The seed's loss/accuracy chart of the epochs recorded so far, as PNG."""
     job = _job_or_404(session, job_id)
-    png = render_history_png(
-        job_queries.list_epochs(session, job_id), job.spec["model"], job.spec["dataset"]
-    )
-    return Response(png, media_type="image/png")
+    title = chart_title(job.spec["model"], job.spec["dataset"])
+    epochs = job_queries.list_epochs(session, job_id)
+    return Response(history_png(epochs, title), media_type="image/png")
 
 
 @router.get(
@@ -179,9 +184,9 @@ def get_logs(
     """The trainer's log (its stderr), whole or its last `tail` lines (owner or admin)."""
     require_owner_or_admin(_job_or_404(session, job_id), user, "read the log of")
     path = get_settings().job_dir(job_id) / "train.log"
-    text = path.read_text(errors="replace") if path.exists() else ""
     if tail is not None:
-        text = "".join(text.splitlines(keepends=True)[-tail:])
+        return PlainTextResponse(tail_lines(path, tail))
+    text = path.read_text(errors="replace") if path.exists() else ""
     return PlainTextResponse(text)
 
 
@@ -209,6 +214,6 @@ def cancel_job(job_id: JobId, session: SessionDep, user: CurrentUser) -> JobOut:
     """Cancel a job: a queued one at once, a running one within seconds (owner or admin)."""
     job = _job_or_404(session, job_id)
     require_owner_or_admin(job, user, "cancel")
-    if not job_queries.request_cancel(session, job):
+    if not lifecycle.cancel(session, job):
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job.status}")
-    return job_queries.to_out(session, job)
+    return job_view(session, job)

@@ -46,13 +46,11 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker that trains the jobs it is sent (one per GPU host)."""
-    from worker.celery_app import celery
-    from worker.gpus import discover
+    from worker.celery_app import celery, default_concurrency
     from worker.inventory import host_queue
 
     settings = get_settings()
-    gpus, _ = discover(settings.simulated_gpus)
-    threads = concurrency or settings.worker_concurrency or len(gpus) + settings.cpu_job_slots
+    threads = concurrency or default_concurrency(settings)
     celery.worker_main(
         [
             "worker",

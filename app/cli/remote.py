@@ -1,7 +1,8 @@
-"""`trainyard` commands for a running service: submit, status, logs, plot, cancel, gpus."""
+"""`trainyard` commands that talk to a running service: submit, status, logs, plot, cancel, gpus."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -13,6 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from app.cli.client import ApiError, Client
+from app.core.spec import JobSpec
+from app.core.spec_flags import add_spec_flags, spec_values
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 console = Console()
@@ -35,36 +38,35 @@ def _fail(error: ApiError) -> typer.Exit:
     return typer.Exit(1)
 
 
-def submit(
-    dataset: Annotated[str, typer.Option(help="cifar10, digits, synthetic or a dataset id.")],
-    epochs: Annotated[int | None, typer.Option()] = None,
-    gpus: Annotated[int | None, typer.Option()] = None,
-    lr: Annotated[float | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    name: Annotated[str | None, typer.Option()] = None,
-    priority: Annotated[int | None, typer.Option()] = None,
-    spec: Annotated[
-        Path | None, typer.Option(help="JSON file with more spec fields; flags override it.")
-    ] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Follow the job to its end.")] = False,
-    url: UrlOption = None,
-    token: TokenOption = None,
-) -> None:
-    """Submit a training job; with --wait, show a progress bar per epoch until it ends."""
-    body: dict[str, Any] = json.loads(spec.read_text()) if spec else {}
-    flags: dict[str, Any] = {"epochs": epochs, "gpus": gpus, "lr": lr, "batch_size": batch_size}
-    flags |= {"name": name, "priority": priority}
-    body |= {key: value for key, value in flags.items() if value is not None}
-    body["dataset"] = int(dataset) if dataset.isdigit() else dataset
-    client = _client(url, token)
+def submit_parser() -> argparse.ArgumentParser:
+    """`trainyard submit`'s flags: one per job-spec field, plus the client's own."""
+    parser = argparse.ArgumentParser(
+        prog="trainyard submit",
+        description="Submit a training job; with --wait, show a progress bar per epoch until it "
+        "ends. Fields not given take the service's defaults.",
+    )
+    add_spec_flags(parser, JobSpec, short={"gpus": "-g"})
+    parser.add_argument("--spec", type=Path, help="JSON file with spec fields; flags override it")
+    parser.add_argument("--wait", action="store_true", help="follow the job to its end")
+    parser.add_argument("--url", help="service URL (default $TRAINYARD_URL or :8000)")
+    parser.add_argument("--token", help="bearer token (default $TRAINYARD_TOKEN or the admin's)")
+    return parser
+
+
+def submit(ctx: typer.Context) -> None:
+    """Submit a training job; --wait follows it (`trainyard submit --help` lists the flags)."""
+    args = submit_parser().parse_args(ctx.args)
+    body: dict[str, Any] = json.loads(args.spec.read_text()) if args.spec else {}
+    body |= spec_values(args, JobSpec)  # validated by the service, which names a bad field
+    client = _client(args.url, args.token)
     try:
         job = client.json("POST", "/jobs", json=body)
         console.print(f"job {job['id']} {job['status']}")
-        if wait:
+        if args.wait:
             job = follow(client, job)
     except ApiError as error:
         raise _fail(error) from error
-    if wait and job["status"] != "succeeded":
+    if args.wait and job["status"] != "succeeded":
         raise typer.Exit(1)
 
 
@@ -201,5 +203,10 @@ def gpus(url: UrlOption = None, token: TokenOption = None) -> None:
 
 
 def register(cli: typer.Typer) -> None:
-    for command in (submit, status, logs, plot, cancel, gpus):
+    # submit parses its own flags (derived from the spec): typer passes them through.
+    cli.command(
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
+    )(submit)
+    for command in (status, logs, plot, cancel, gpus):
         cli.command()(command)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import socket
+import sys
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import platformdirs
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,7 +22,9 @@ def _default_data_dir() -> Path:
 class Settings(BaseSettings):
     """Everything configurable, with the embedded defaults (SQLite, no broker server)."""
 
-    model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="TRAINYARD_", extra="ignore", populate_by_name=True
+    )
 
     data_dir: Path = Field(
         default_factory=_default_data_dir,
@@ -35,7 +41,8 @@ class Settings(BaseSettings):
     )
     queue: str = Field(
         default="trainyard",
-        description="Celery queue the API sends jobs to and workers consume.",
+        description="Prefix of the Celery queues: each worker host consumes <queue>.<host "
+        "name>, where the scheduler sends the jobs it places on that host.",
     )
     worker_concurrency: int = Field(
         default=0,
@@ -73,8 +80,14 @@ class Settings(BaseSettings):
     dispatch_timeout_seconds: float = Field(
         default=60.0, gt=0, description="A placed job not claimed this long is sent again."
     )
-    max_attempts: int = Field(
-        default=3, ge=1, description="Runs of one job lost with their worker before it fails."
+    max_lost_runs: int = Field(
+        default=3,
+        ge=1,
+        # The old name still works (deprecated; get_settings warns): it never limited
+        # attempts, only runs lost with their worker.
+        validation_alias=AliasChoices("TRAINYARD_MAX_LOST_RUNS", "TRAINYARD_MAX_ATTEMPTS"),
+        description="Runs of one job lost with their worker (not clean stops) before the job "
+        "fails with worker_lost.",
     )
     worker_name: str = Field(
         default_factory=socket.gethostname, description="This worker host's name."
@@ -86,6 +99,12 @@ class Settings(BaseSettings):
     )
     max_dataset_bytes: int = Field(
         default=2 * 1024**3, ge=1, description="Largest .npz that POST /datasets accepts."
+    )
+    trainer_command: str = Field(
+        default="",
+        description="The command that starts a trainer (split like a shell would); the "
+        "supervisor appends --json --exit-on-stdin-eof --config FILE --workdir DIR. Empty: "
+        "this Python's `-m worker.training`.",
     )
     log_tail_lines: int = Field(
         default=20, ge=1, description="Lines of the trainer's stderr kept in a failure message."
@@ -99,6 +118,12 @@ class Settings(BaseSettings):
         if not self.broker_url:
             self.broker_url = "filesystem://"
         return self
+
+    def trainer_argv(self) -> list[str]:
+        """The trainer command, without the arguments the supervisor appends."""
+        if self.trainer_command.strip():
+            return shlex.split(self.trainer_command)
+        return [sys.executable, "-m", "worker.training"]
 
     @property
     def jobs_dir(self) -> Path:
@@ -128,4 +153,11 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
+    if "TRAINYARD_MAX_ATTEMPTS" in os.environ:
+        warnings.warn(
+            "TRAINYARD_MAX_ATTEMPTS is deprecated: it limits runs lost with their worker, so it "
+            "is now TRAINYARD_MAX_LOST_RUNS (the old name still works; the new one wins)",
+            FutureWarning,  # shown by default: the operator must see it
+            stacklevel=2,
+        )
     return Settings()

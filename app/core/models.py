@@ -1,4 +1,6 @@
-"""The system of record: jobs and the epochs their runs recorded."""
+"""The system of record: users, jobs and the epochs their runs recorded, worker hosts, their
+GPUs and GPU leases, uploaded datasets. Only app/core/lifecycle.py changes a job's status or
+a lease row; see its docstring for the state machine."""
 
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ def utcnow() -> datetime:
 
 
 class JobStatus(enum.StrEnum):
-    queued = "queued"
+    queued = "queued"  # waiting for a host with enough free GPUs (or a CPU slot)
+    placed = "placed"  # on a host, GPUs leased, its "run job N" message sent; not yet claimed
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
@@ -67,6 +70,7 @@ class JobStatus(enum.StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+ACTIVE_STATUSES = frozenset({JobStatus.queued, JobStatus.placed, JobStatus.running})
 
 
 class FailureReason(enum.StrEnum):
@@ -106,19 +110,22 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     # Incremented by each claim; every write from a run names the attempt it belongs to.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
-    # Runs lost with their worker (not clean stops); at TRAINYARD_MAX_ATTEMPTS the job fails.
+    # Runs lost with their worker (not clean stops); at TRAINYARD_MAX_LOST_RUNS the job fails.
     lost_runs: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    worker: Mapped[str | None] = mapped_column(String(200))
-    # Placement by the scheduler: the host whose queue got the job, and when.
+    # Placement by the scheduler: the host whose queue got the job, and when (set while
+    # placed or running; kept after the job ends, so one can see where it ran).
     host: Mapped[str | None] = mapped_column(String(200), index=True)
     placed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     waiting_reason: Mapped[str | None] = mapped_column(Text)
     replicas: Mapped[int | None] = mapped_column(Integer)
+    # What the trainer chose for "auto" settings and measured at start (bn_momentum,
+    # precision, params, global_batch, steps_per_epoch), from its `started` event.
+    resolved: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     failure_reason: Mapped[str | None] = mapped_column(String(32))
     failure_message: Mapped[str | None] = mapped_column(Text)
 

@@ -1,40 +1,51 @@
-"""The seed's loss/accuracy chart, drawn from the stored epochs (works while a job runs)."""
+"""The seed's loss/accuracy chart: the one drawing used by the API (from the stored epochs,
+while a job runs too) and by the standalone trainer (`--output plot.png`)."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg")  # headless: the API has no display
+matplotlib.use("Agg")  # headless: neither the API nor a worker has a display
 
-import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.style import context as style_context
 from matplotlib.ticker import MaxNLocator
-
-from app.core.models import Epoch
 
 DATASET_TITLES = {"cifar10": "CIFAR-10", "digits": "digits", "synthetic": "synthetic data"}
 MODEL_TITLES = {"minigooglenet": "MiniGoogLeNet"}
+# (record key, legend label), in the seed's order.
+SERIES = (
+    ("loss", "train_loss"),
+    ("val_loss", "val_loss"),
+    ("accuracy", "train_acc"),
+    ("val_accuracy", "val_acc"),
+)
 
 
-def render_history_png(epochs: Sequence[Epoch], model: str, dataset: str) -> bytes:
-    """train_loss, val_loss, train_acc and val_acc per epoch, as in the seed's train.py."""
-    numbers = [e.epoch for e in epochs]
+def chart_title(model: str, dataset: str) -> str:
+    """ "MiniGoogLeNet on CIFAR-10", as the seed titles it; unknown names are shown as given."""
+    return f"{MODEL_TITLES.get(model, model)} on {DATASET_TITLES.get(dataset, dataset)}"
 
-    def series(name: str) -> list[float]:
-        # A metric the trainer did not report is a gap in the line, not a crash.
-        return [float("nan") if getattr(e, name) is None else getattr(e, name) for e in epochs]
 
-    with plt.style.context("ggplot"):
+def history_png(epochs: Sequence[Mapping[str, Any] | Any], title: str) -> bytes:
+    """train_loss, val_loss, train_acc and val_acc per epoch, as PNG. Each record is a mapping
+    or an object with the attributes `epoch`, `loss`, `val_loss`, `accuracy`, `val_accuracy`."""
+
+    def value(record: Mapping[str, Any] | Any, key: str) -> Any:
+        return record.get(key) if isinstance(record, Mapping) else getattr(record, key, None)
+
+    numbers = [value(record, "epoch") for record in epochs]
+    with style_context("ggplot"):
         figure = Figure(figsize=(6.4, 4.8))
         axes = figure.subplots()
-        axes.plot(numbers, series("loss"), label="train_loss")
-        axes.plot(numbers, series("val_loss"), label="val_loss")
-        axes.plot(numbers, series("accuracy"), label="train_acc")
-        axes.plot(numbers, series("val_accuracy"), label="val_acc")
-        title = f"{MODEL_TITLES.get(model, model)} on {DATASET_TITLES.get(dataset, dataset)}"
+        for key, label in SERIES:
+            # A metric the trainer did not report is a gap in the line, not a crash.
+            values = [value(record, key) for record in epochs]
+            axes.plot(numbers, [float("nan") if v is None else v for v in values], label=label)
         axes.set_title(title)
         axes.set_xlabel("Epoch #")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -1,6 +1,6 @@
 """The jobs API over HTTP (FastAPI's TestClient), on SQLite and on PostgreSQL.
 
-No worker runs here: submitted jobs stay queued; run-side writes go through worker.runs,
+No worker runs here: submitted jobs stay queued; run-side writes go through lifecycle and worker.runs,
 the functions a real worker uses.
 """
 
@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from app.core import lifecycle
 from app.core.db import get_session_factory
 from app.core.models import Job, JobStatus
 from app.main import app
@@ -70,7 +71,7 @@ def test_submit_returns_the_stored_job_with_defaults(client: TestClient) -> None
         "lr": 0.005,
         "batch_size": 64,
         "momentum": 0.9,
-        "bn_momentum": 0.99,
+        "bn_momentum": "auto",
         "augment": True,
         "lr_power": 1.0,
         "lr_scaling": "none",
@@ -241,7 +242,7 @@ def test_cancel_queued_job_is_immediate_and_final(client: TestClient) -> None:
     assert job["finished_at"] is not None
     # A worker that receives the job afterwards must not run it.
     with get_session_factory()() as session:
-        assert runs.claim(session, job_id, "late-worker") is None
+        assert lifecycle.claim(session, job_id, "late-worker") is None
     assert client.post(f"/jobs/{job_id}/cancel").status_code == 200  # idempotent
 
 
@@ -259,7 +260,7 @@ def test_cancel_of_a_finished_job_is_409(client: TestClient) -> None:
     job_id = client.post("/jobs", json={}).json()["id"]
     attempt = run_epochs(job_id, 1)
     with get_session_factory()() as session:
-        assert runs.finish(session, job_id, attempt, JobStatus.succeeded)
+        assert lifecycle.finish(session, job_id, attempt, JobStatus.succeeded)
     response = client.post(f"/jobs/{job_id}/cancel")
     assert response.status_code == 409
     assert client.get(f"/jobs/{job_id}").json()["status"] == "succeeded"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from worker import gpus
+from worker import gpus, procfs
 from worker.gpus import GpuInfo
 
 MIB = 1024 * 1024
@@ -293,7 +293,7 @@ def test_our_trainer_process_group_is_not_foreign() -> None:
     try:
         assert trainer.stdout is not None
         grandchild = int(trainer.stdout.readline())
-        own = gpus.pids_in_process_groups({trainer.pid})
+        own = procfs.pids_in_process_groups({trainer.pid})
         assert {trainer.pid, grandchild} <= own
         assert os.getpid() not in own  # the test runner is in another group
 
@@ -306,4 +306,4 @@ def test_our_trainer_process_group_is_not_foreign() -> None:
     finally:
         os.killpg(trainer.pid, 9)
         trainer.wait()
-    assert gpus.pids_in_process_groups(set()) == set()
+    assert procfs.pids_in_process_groups(set()) == set()

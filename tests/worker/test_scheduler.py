@@ -13,11 +13,10 @@ from sqlalchemy.exc import IntegrityError
 
 from app.core.config import get_settings
 from app.core.db import get_session_factory
-from app.core.jobs import request_cancel
+from app.core import lifecycle
 from app.core.models import Gpu, GpuLease, Job, JobStatus, utcnow
 from app.core.users import create_user
 from tests.conftest import register_test_host
-from worker import runs
 from worker.reconcile import reconcile
 from worker.scheduler import schedule
 
@@ -44,9 +43,9 @@ def run_pass(**settings: Any) -> dict[int, tuple[int, ...]]:
 
 def start_and_finish(job_id: int, host: str = "test-host") -> None:
     with get_session_factory()() as session:
-        claim = runs.claim(session, job_id, host)
+        claim = lifecycle.claim(session, job_id, host)
         assert claim is not None
-        assert runs.finish(session, job_id, claim.attempt, JobStatus.succeeded)
+        assert lifecycle.finish(session, job_id, claim.attempt, JobStatus.succeeded)
 
 
 def job(job_id: int) -> Job:
@@ -161,7 +160,7 @@ def test_silent_run_is_requeued_and_its_gpus_freed(owners: dict[str, int]) -> No
     job_id = submit(owners["alice"], 2)
     run_pass()
     with get_session_factory()() as session:
-        assert runs.claim(session, job_id, "test-host") is not None
+        assert lifecycle.claim(session, job_id, "test-host") is not None
     silence(job_id)
     with get_session_factory()() as session:
         reconcile(session, get_settings())
@@ -175,26 +174,26 @@ def test_a_live_run_is_left_alone(owners: dict[str, int]) -> None:
     job_id = submit(owners["alice"], 1)
     run_pass()
     with get_session_factory()() as session:
-        assert runs.claim(session, job_id, "test-host") is not None
+        assert lifecycle.claim(session, job_id, "test-host") is not None
         reconcile(session, get_settings())
     assert job(job_id).status == JobStatus.running
 
 
-def test_only_lost_runs_count_towards_max_attempts(owners: dict[str, int]) -> None:
+def test_only_lost_runs_count_towards_max_lost_runs(owners: dict[str, int]) -> None:
     register_test_host(gpus=1)
     job_id = submit(owners["alice"], 1)
     for _ in range(3):  # three clean stops (Ctrl-C): requeued, never failed
         run_pass()
         with get_session_factory()() as session:
-            claim = runs.claim(session, job_id, "test-host")
-            assert claim is not None and runs.requeue(session, job_id, claim.attempt)
+            claim = lifecycle.claim(session, job_id, "test-host")
+            assert claim is not None and lifecycle.requeue(session, job_id, claim.attempt)
     for lost in (1, 2):
         run_pass()
         with get_session_factory()() as session:
-            assert runs.claim(session, job_id, "test-host") is not None
+            assert lifecycle.claim(session, job_id, "test-host") is not None
         silence(job_id)
         with get_session_factory()() as session:
-            reconcile(session, get_settings().model_copy(update={"max_attempts": 2}))
+            reconcile(session, get_settings().model_copy(update={"max_lost_runs": 2}))
         assert job(job_id).lost_runs == lost
     failed = job(job_id)
     assert (failed.status, failed.failure_reason) == (JobStatus.failed, "worker_lost")
@@ -207,7 +206,7 @@ def test_cancel_before_the_worker_claims_frees_the_gpus(owners: dict[str, int]) 
     assert run_pass() == {job_id: (0, 1)}
     with get_session_factory()() as session:
         placed = session.get(Job, job_id)
-        assert placed is not None and request_cancel(session, placed)
+        assert placed is not None and lifecycle.cancel(session, placed)
     assert job(job_id).status == JobStatus.cancelled
     other = submit(owners["bob"], 2)
     assert run_pass() == {other: (0, 1)}

@@ -1,0 +1,252 @@
+"""Every change of a job's status and every GPU lease row: no other module writes either.
+
+    queued --place--> placed --claim--> running --finish--> succeeded | failed | cancelled
+      ^  ^              |                 |
+      |  +---unplace----+                 |   (its host was lost before it claimed the job)
+      +------requeue / lose_run-----------+   (worker stopped cleanly / run lost with its host)
+    queued, placed --cancel--> cancelled      running --cancel--> flag; the run ends it
+    running --lose_run, max_lost_runs reached--> failed (worker_lost)
+
+Leases: `place` inserts a job's leases in the transaction that places it (all-or-nothing; a
+partial unique index allows one active lease per GPU, so a racing pass fails instead of
+leasing a GPU twice). Every transition out of placed or running releases them; out of running
+only once the run's trainer process group is gone (the callers' contract).
+
+Every transition is one conditional UPDATE on the status (and attempt) it expects, so two
+racing writers (a cancel and a claim, two scheduling passes, a stale run and a fresh one)
+never both succeed. Functions that end a transaction say so; the others leave the commit to
+their caller, who groups them (a scheduling pass, a reconciliation).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.core.db import rows_changed
+from app.core.models import FailureReason, GpuLease, Job, JobStatus, User, utcnow
+from app.core.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+# What going back to the queue resets: the job is nowhere, holds nothing, runs nowhere.
+_BACK_TO_QUEUE: dict[str, Any] = {
+    "status": JobStatus.queued,
+    "host": None,
+    "placed_at": None,
+    "heartbeat_at": None,
+}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One attempt of one job, owned by the run that claimed it."""
+
+    job_id: int
+    attempt: int
+    spec: dict[str, Any]
+
+
+def owned_by(job_id: int, attempt: int) -> ColumnElement[bool]:
+    """The condition every write of a run carries: its attempt still owns the job."""
+    return (Job.id == job_id) & (Job.attempt == attempt) & (Job.status == JobStatus.running)
+
+
+def submit(session: Session, spec: JobSpec, owner: User, idempotency_key: str | None = None) -> Job:
+    """Store the job as queued (commits). With a key this owner already used, the job of that
+    first submission is returned instead (also when two such requests race)."""
+    job = Job(
+        name=spec.name,
+        owner_id=owner.id,
+        priority=spec.priority,
+        status=JobStatus.queued,
+        spec=spec.model_dump(),
+        attempt=0,
+        idempotency_key=idempotency_key,
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        earlier = (
+            session.scalar(
+                select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key)
+            )
+            if idempotency_key
+            else None
+        )
+        if earlier is None:
+            raise
+        return earlier
+    return job
+
+
+def place(
+    session: Session, job: Job, host: str, gpu_indices: tuple[int, ...], now: datetime
+) -> bool:
+    """queued -> placed on `host`, leasing `gpu_indices` to the attempt its claim will start.
+    False when a racing pass placed it first (nothing written then)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.placed, host=host, placed_at=now, waiting_reason=None)
+    )
+    if rows_changed(result) != 1:
+        return False
+    for index in gpu_indices:
+        session.add(GpuLease(job_id=job.id, attempt=job.attempt + 1, host=host, gpu_index=index))
+    return True
+
+
+def unplace(session: Session, job: Job) -> None:
+    """placed -> queued: its host was lost before it claimed the job."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == JobStatus.placed, Job.host == job.host)
+        .values(**_BACK_TO_QUEUE)
+    )
+    if rows_changed(result) == 1:
+        _release_leases(session, job.id)
+
+
+def claim(session: Session, job_id: int, host: str) -> Claim | None:
+    """placed -> running with attempt + 1 (commits); None when the job is not placed on this
+    host (a duplicate delivery, a cancelled job, a message meant for another host)."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.placed, Job.host == host)
+        .values(
+            status=JobStatus.running,
+            attempt=Job.attempt + 1,
+            started_at=now,
+            heartbeat_at=now,
+            finished_at=None,
+            failure_reason=None,
+            failure_message=None,
+        )
+        .returning(Job.attempt, Job.spec)
+    )
+    row = result.first()
+    session.commit()
+    if row is None:
+        return None
+    return Claim(job_id=job_id, attempt=int(row[0]), spec=dict(row[1]))
+
+
+def finish(
+    session: Session,
+    job_id: int,
+    attempt: int,
+    status: JobStatus,
+    reason: FailureReason | None = None,
+    message: str | None = None,
+) -> bool:
+    """running -> succeeded | failed | cancelled, leases released, in one transaction
+    (commits). Only once the run's trainer is gone. False when the attempt no longer owns it."""
+    result = session.execute(
+        update(Job)
+        .where(owned_by(job_id, attempt))
+        .values(status=status, finished_at=utcnow(), failure_reason=reason, failure_message=message)
+    )
+    return _release_if_owned(session, job_id, rows_changed(result) == 1)
+
+
+def requeue(session: Session, job_id: int, attempt: int) -> bool:
+    """running -> queued (commits): the worker stopped the run cleanly; the next run resumes
+    from the last checkpoint. Not counted as a lost run."""
+    result = session.execute(update(Job).where(owned_by(job_id, attempt)).values(**_BACK_TO_QUEUE))
+    return _release_if_owned(session, job_id, rows_changed(result) == 1)
+
+
+def lose_run(session: Session, job: Job, why: str, max_lost_runs: int) -> None:
+    """The run's worker is gone, and with it its trainer: running -> queued to resume from the
+    checkpoint, or -> failed (worker_lost) once `max_lost_runs` runs were lost."""
+    lost = job.lost_runs + 1
+    values: dict[str, Any] = (
+        {
+            "status": JobStatus.failed,
+            "finished_at": utcnow(),
+            "failure_reason": FailureReason.worker_lost,
+            "failure_message": f"{why}; {lost} runs lost, giving up",
+        }
+        if lost >= max_lost_runs
+        else dict(_BACK_TO_QUEUE)
+    )
+    result = session.execute(
+        update(Job).where(owned_by(job.id, job.attempt)).values(lost_runs=lost, **values)
+    )
+    if rows_changed(result) == 1:
+        _release_leases(session, job.id)
+        log.warning("job %s attempt %s lost (%s): %s", job.id, job.attempt, why, values["status"])
+
+
+def cancel(session: Session, job: Job) -> bool:
+    """Cancel a queued or placed job at once, or flag a running one for its supervisor, which
+    ends the trainer and then calls `finish` (commits). False when the job had already ended
+    otherwise than cancelled."""
+    now = utcnow()
+    waiting = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status.in_([JobStatus.queued, JobStatus.placed]))
+        .values(
+            status=JobStatus.cancelled,
+            finished_at=now,
+            cancel_requested_at=now,
+            failure_reason=FailureReason.cancelled,
+            failure_message="cancelled before it started",
+        )
+    )
+    if rows_changed(waiting) == 1:
+        _release_leases(session, job.id)  # placed: no trainer was started, nothing holds them
+    else:
+        session.execute(
+            update(Job)
+            .where(
+                Job.id == job.id,
+                Job.status == JobStatus.running,
+                Job.cancel_requested_at.is_(None),
+            )
+            .values(cancel_requested_at=now)
+        )
+    session.commit()
+    session.refresh(job)
+    return job.status != JobStatus.failed and job.status != JobStatus.succeeded
+
+
+def active_leases(session: Session) -> list[GpuLease]:
+    return list(session.scalars(select(GpuLease).where(GpuLease.released_at.is_(None))))
+
+
+def leased_indices(session: Session, job_id: int, attempt: int | None = None) -> list[int]:
+    """GPU indices the job holds now (only those leased to `attempt`, when given)."""
+    query = select(GpuLease.gpu_index).where(
+        GpuLease.job_id == job_id, GpuLease.released_at.is_(None)
+    )
+    if attempt is not None:
+        query = query.where(GpuLease.attempt == attempt)
+    return list(session.scalars(query.order_by(GpuLease.gpu_index)))
+
+
+def _release_leases(session: Session, job_id: int) -> None:
+    session.execute(
+        update(GpuLease)
+        .where(GpuLease.job_id == job_id, GpuLease.released_at.is_(None))
+        .values(released_at=utcnow())
+    )
+
+
+def _release_if_owned(session: Session, job_id: int, owned: bool) -> bool:
+    if owned:
+        _release_leases(session, job_id)
+        session.commit()
+    else:
+        session.rollback()
+    return owned

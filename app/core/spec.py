@@ -1,0 +1,158 @@
+"""The job spec: every training field defined once, with its type, default, bounds and meaning.
+
+`TrainingSpec` is what the trainer is configured with (`python -m worker.training --config`);
+`JobSpec` adds the fields only the service uses (name, priority) and is the body of
+`POST /jobs`. The `trainyard train` and `trainyard submit` flags (app/core/spec_flags.py) and
+the README's spec table (app/core/spec_doc.py) are derived from these classes, so a new field
+is one edit here.
+
+This module imports only pydantic: the trainer process loads it before TensorFlow, and the
+API loads it without TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic.json_schema import SkipJsonSchema
+
+# Ids fit a 64-bit signed integer (SQLite's and PostgreSQL's BIGINT).
+MAX_ID = 2**63 - 1
+DatasetId = Annotated[int, Field(ge=1, le=MAX_ID)]
+BuiltinDataset = Literal["cifar10", "digits", "synthetic"]
+BUILTIN_DATASETS: tuple[str, ...] = ("cifar10", "digits", "synthetic")
+
+# Validation-context key: set by the standalone trainer, which may train on a local .npz
+# path. The API never sets it, so a request can never name a file on the server.
+LOCAL_FILES = "local_files"
+
+# bn_momentum "auto": the book's 0.99 (Keras' default) when the training split holds at least
+# BN_AUTO_MIN_BATCHES batches of `batch_size` images, else 0.9. At 0.99 the moving statistics
+# that validation uses keep most of their initial values for the first epochs of a small data
+# set (digits at batch 64: 21 steps per epoch, validation accuracy at chance for 3 epochs);
+# at 0.9 they follow the data within an epoch. Counted in per-replica batches, so the value
+# does not change with the number of GPUs a job gets; CIFAR-10 (781 batches) keeps 0.99.
+BN_MOMENTUM_BOOK = 0.99
+BN_MOMENTUM_SMALL_DATA = 0.9
+BN_AUTO_MIN_BATCHES = 200
+
+
+class TrainingSpec(BaseModel):
+    """One training run; the defaults are the seed's recipe (MiniGoogLeNet on CIFAR-10)."""
+
+    # strict: "3" is not an int and true is not a number; a lab's script gets told, not
+    # guessed at. NaN and infinities are never a setting.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    model: Literal["minigooglenet"] = Field(
+        default="minigooglenet",
+        description="Architecture: MiniGoogLeNet as the book builds it.",
+    )
+    dataset: BuiltinDataset | DatasetId | SkipJsonSchema[str] = Field(
+        default="cifar10",
+        description="Training data: `cifar10`, `digits` (scikit-learn's bundled 8x8 digits "
+        "resized to 32x32x3; 1347 train / 450 test images), `synthetic` (a small generated "
+        "set: 256 / 64), or an uploaded dataset's id (`POST /datasets`); `trainyard train` "
+        "also takes a path to an .npz file.",
+    )
+    gpus: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="GPUs to train on (MirroredStrategy over them); 0 trains on the CPU.",
+    )
+    cpu_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="With `gpus` 0: split the CPU into N logical devices, N real "
+        "MirroredStrategy replicas without a GPU.",
+    )
+    epochs: int = Field(default=70, ge=1, le=1000, description="Passes over the training data.")
+    lr: float = Field(default=0.005, gt=0, le=10, description="Initial learning rate.")
+    batch_size: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Images per replica per step (global batch = batch_size x replicas).",
+    )
+    momentum: float = Field(default=0.9, ge=0, le=1, description="SGD momentum.")
+    bn_momentum: Literal["auto"] | Annotated[float, Field(gt=0, lt=1)] = Field(
+        default="auto",
+        description=f"BatchNormalization momentum. `auto`: the book's {BN_MOMENTUM_BOOK} when "
+        f"the training split holds at least {BN_AUTO_MIN_BATCHES} batches of `batch_size` "
+        f"images (CIFAR-10), else {BN_MOMENTUM_SMALL_DATA}, which learns visibly on small "
+        "data; the value used is shown in the job's `resolved`.",
+    )
+    augment: bool = Field(
+        default=True,
+        description="The seed's augmentation: width/height shift 0.1 (nearest fill) and "
+        "horizontal flip.",
+    )
+    lr_power: float = Field(
+        default=1.0,
+        gt=0,
+        le=10,
+        description="Power of the poly decay `lr x (1 - epoch/epochs)^power` (1: the seed's "
+        "linear decay).",
+    )
+    lr_scaling: Literal["none", "linear"] = Field(
+        default="none",
+        description="`linear`: initial LR x replicas after a short warm-up; `none`: as the seed.",
+    )
+    mixed_precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="`auto`: float16 on GPUs that support it, bfloat16 on CPUs with AMX or "
+        "AVX-512 BF16, else float32.",
+    )
+    seed: int | None = Field(
+        default=None, ge=0, le=2**31 - 1, description="Fixes initialisation and shuffling."
+    )
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_file_only_when_local(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str) or value in BUILTIN_DATASETS:
+            return value
+        if info.context and info.context.get(LOCAL_FILES) and value.endswith(".npz"):
+            return value
+        named = ", ".join(BUILTIN_DATASETS)
+        if info.context and info.context.get(LOCAL_FILES):
+            raise ValueError(f"{value!r} is neither one of {named} nor a path to an .npz file")
+        raise ValueError(f"{value!r} is neither one of {named} nor an uploaded dataset's id")
+
+    @field_validator("cpu_replicas")
+    @classmethod
+    def _one_kind_of_replica(cls, value: int, info: ValidationInfo) -> int:
+        gpus = info.data.get("gpus", 0)  # validated before (field order); absent if invalid
+        if value and gpus:
+            raise ValueError(
+                f"cpu_replicas needs gpus = 0 (got gpus={gpus}): a job trains on GPUs or on the CPU"
+            )
+        return value
+
+    def training_fields(self) -> dict[str, Any]:
+        """The fields the trainer takes (a JobSpec's service-only fields left out)."""
+        return self.model_dump(include=set(TrainingSpec.model_fields))
+
+
+class JobSpec(TrainingSpec):
+    """A training job as submitted to the service: the training fields plus its own."""
+
+    name: str | None = Field(default=None, max_length=200, description="A label for people.")
+    priority: int = Field(
+        default=0,
+        ge=-100,
+        le=100,
+        description="Higher starts first; equal priorities start in submission order. Only "
+        "admins may set it above 0.",
+    )
+
+
+def resolve_bn_momentum(spec: TrainingSpec, train_images: int) -> float:
+    """The BatchNormalization momentum a run uses (see BN_AUTO_MIN_BATCHES)."""
+    if spec.bn_momentum != "auto":
+        return float(spec.bn_momentum)
+    batches = train_images // spec.batch_size
+    return BN_MOMENTUM_BOOK if batches >= BN_AUTO_MIN_BATCHES else BN_MOMENTUM_SMALL_DATA

@@ -1,0 +1,64 @@
+"""The one reader of /proc: which processes exist, their process groups and command lines.
+
+Used to tell our trainers' processes from foreign ones on a GPU, and to find a trainer left
+behind by a worker that died. Where there is no /proc (not Linux), nothing is found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    pgid: int
+    state: str  # "R", "S", ..., "Z" for a zombie
+    argv: tuple[str, ...]
+
+
+def processes() -> Iterator[ProcessInfo]:
+    """Every process we may read; those that end while we look are skipped."""
+    try:
+        entries = list(PROC.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # ended, or not ours to read
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and ")", so split after the
+        # last ")".
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) < 3 or not fields[2].lstrip("-").isdigit():
+            continue
+        argv = tuple(part.decode(errors="replace") for part in cmdline.split(b"\0") if part)
+        yield ProcessInfo(int(entry.name), int(fields[2]), fields[0], argv)
+
+
+def pids_in_process_groups(pgids: set[int]) -> set[int]:
+    """All live PIDs whose process group is one of `pgids`."""
+    if not pgids:
+        return set()
+    return {process.pid for process in processes() if process.pgid in pgids}
+
+
+def trainers_in(workdir: Path) -> list[ProcessInfo]:
+    """Live trainer processes working in `workdir`: the supervisor starts every trainer with
+    `--workdir <job folder>`, whatever the trainer command is."""
+    marker = str(workdir)
+    found = []
+    for process in processes():
+        argv = process.argv
+        named = any(argv[i] == "--workdir" and argv[i + 1] == marker for i in range(len(argv) - 1))
+        if named and process.state != "Z":
+            found.append(process)
+    return found
