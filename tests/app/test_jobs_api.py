@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.core import lifecycle
+from app.core.config import get_settings
 from app.core.db import get_session_factory
 from app.core.models import Job, JobStatus
 from app.main import app
@@ -128,11 +129,15 @@ def test_seed_defaults_apply_to_an_empty_spec(client: TestClient) -> None:
         ({"lr": "fast"}, "lr"),
         ({"lr": 0}, "lr"),
         ({"lr": 10.5}, "lr"),
+        ({"lr": 11}, "lr"),
         ({"batch_size": 0}, "batch_size"),
         ({"batch_size": 4097}, "batch_size"),
         ({"momentum": 1.5}, "momentum"),
         ({"bn_momentum": 1.0}, "bn_momentum"),
         ({"dataset": "imagenet"}, "dataset"),
+        # A path is for the standalone trainer only: a request never names a server file.
+        ({"dataset": "/srv/other-lab/secret.npz"}, "dataset"),
+        ({"bn_momentum": "fast"}, "bn_momentum"),
         ({"model": "resnet"}, "model"),
         ({"epochs": "3"}, "epochs"),
         ({"foo": 1}, "foo"),
@@ -155,8 +160,30 @@ def test_bad_spec_is_422_naming_the_field_and_stores_nothing(
 def test_cpu_replicas_with_gpus_is_422(client: TestClient) -> None:
     response = client.post("/jobs", json={"gpus": 1, "cpu_replicas": 2})
     assert response.status_code == 422
-    assert "cpu_replicas needs gpus = 0" in response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "cpu_replicas"]
+    assert "cpu_replicas needs gpus = 0" in error["msg"]
     assert job_count() == 0
+
+
+def test_a_placed_job_shows_its_host_and_gpus(client: TestClient) -> None:
+    from worker.scheduler import schedule
+
+    job_id = client.post("/jobs", json={"gpus": 2}).json()["id"]
+    assert client.get(f"/jobs/{job_id}").json()["queue_position"] == 1
+    with get_session_factory()() as session:
+        schedule(session, get_settings())
+    job = client.get(f"/jobs/{job_id}").json()
+    assert (job["status"], job["host"], job["gpu_indices"]) == ("placed", "test-host", [0, 1])
+    assert job["queue_position"] is None and job["waiting_reason"] is None
+    listed = client.get("/jobs", params={"status": "placed"}).json()["items"]
+    assert [j["id"] for j in listed] == [job_id]
+    assert client.get("/jobs", params={"status": "queued"}).json()["total"] == 0
+    # Cancelled before its worker claimed it: at once, and its GPUs are free again.
+    cancelled = client.post(f"/jobs/{job_id}/cancel").json()
+    assert (cancelled["status"], cancelled["gpu_indices"]) == ("cancelled", [])
+    with get_session_factory()() as session:
+        assert lifecycle.claim(session, job_id, "test-host") is None
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'{"epochs": 3'])

@@ -33,3 +33,23 @@ def test_process_never_imports_tensorflow(modules: str, tmp_path: object) -> Non
         env={"TRAINYARD_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
     )
     assert result.stdout.strip() == "", f"loaded: {result.stdout.strip()}"
+
+
+def test_api_application_loads_no_worker_module(tmp_path: object) -> None:
+    """Imports flow one way: the API and the worker share only app.core (import-linter
+    checks the source; this checks what a running API process really loads)."""
+    script = (
+        "import sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "from app.main import app\n"
+        "TestClient(app).get('/openapi.json')\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] == 'worker')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"TRAINYARD_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.stdout.strip() == "", f"loaded: {result.stdout.strip()}"
