@@ -16,6 +16,7 @@ PROC = Path("/proc")
 @dataclass(frozen=True)
 class ProcessInfo:
     pid: int
+    ppid: int
     pgid: int
     state: str  # "R", "S", ..., "Z" for a zombie
     argv: tuple[str, ...]
@@ -38,10 +39,10 @@ def processes() -> Iterator[ProcessInfo]:
         # "pid (comm) state ppid pgrp ...": comm may hold spaces and ")", so split after the
         # last ")".
         fields = stat.rpartition(")")[2].split()
-        if len(fields) < 3 or not fields[2].lstrip("-").isdigit():
+        if len(fields) < 3 or not (fields[1].isdigit() and fields[2].lstrip("-").isdigit()):
             continue
         argv = tuple(part.decode(errors="replace") for part in cmdline.split(b"\0") if part)
-        yield ProcessInfo(int(entry.name), int(fields[2]), fields[0], argv)
+        yield ProcessInfo(int(entry.name), int(fields[1]), int(fields[2]), fields[0], argv)
 
 
 def pids_in_process_groups(pgids: set[int]) -> set[int]:

@@ -75,7 +75,7 @@ def _number(value: Any) -> str:
     # 2**31 - 1 and 2**63 - 1 read better as powers of two.
     for power in (31, 63):
         if value == 2**power - 1:
-            return f"2^{power}−1"
+            return f"2^{power}-1"
     return str(value)
 
 

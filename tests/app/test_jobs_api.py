@@ -1,7 +1,7 @@
 """The jobs API over HTTP (FastAPI's TestClient), on SQLite and on PostgreSQL.
 
-No worker runs here: submitted jobs stay queued; run-side writes go through lifecycle and worker.runs,
-the functions a real worker uses.
+No worker runs here: submitted jobs stay queued; run-side writes go through
+app.core.lifecycle and worker.runs, the functions a real worker uses.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from worker.procfs import trainers_in
+
 TERMINAL = {"succeeded", "failed", "cancelled"}
 # One short epoch on synthetic data: enough to hold GPUs while placement is checked.
 ONE_EPOCH_JOB = {
@@ -127,16 +129,5 @@ def add_user(env: dict[str, str], name: str, admin: bool = False) -> str:
 
 
 def trainer_pids(job_dir: Path) -> list[int]:
-    """Live processes whose command line names this job's folder (its trainer)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (entry / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        if "worker.training" in cmdline and str(job_dir) in cmdline and state != "Z":
-            pids.append(int(entry.name))
-    return pids
+    """Live trainer processes of this job (started with `--workdir <its folder>`)."""
+    return [process.pid for process in trainers_in(job_dir)]

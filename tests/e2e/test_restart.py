@@ -23,6 +23,7 @@ from tests.e2e.service import (
     wait_for,
     wait_healthy,
 )
+from worker.procfs import processes as processes_now
 
 pytestmark = pytest.mark.training
 
@@ -36,23 +37,10 @@ JOB = {
 }
 
 
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def worker_pid(up: subprocess.Popen[bytes]) -> int:
-    for pid in children_of(up.pid):
-        if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
-            return pid
+    for process in processes_now():
+        if process.ppid == up.pid and "worker" in process.argv:
+            return process.pid
     raise AssertionError("no worker process under trainyard up")
 
 
