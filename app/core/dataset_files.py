@@ -1,8 +1,9 @@
 """Reading and checking user-supplied .npz datasets, with numpy only.
 
-The API imports this module to validate an upload before it accepts a job, so it must not import
-TensorFlow. Every problem raises DatasetError with a one-line message that names the key at fault,
-so the API can return it as a 4xx body as is.
+The API checks an upload with it before storing it, and the trainer loads a dataset file with
+it, so it imports neither TensorFlow nor anything of the service. Every problem raises
+DatasetError with a one-line message that names the key at fault, so the API can return it as
+a 4xx body as is.
 
 Expected layout: x_train, y_train, x_test, y_test; images (N, H, W, C) with C 1 or 3 and
 H, W >= 8, uint8 or float; labels integers 0..K-1 (K >= 2), shaped (N,) or (N, 1).

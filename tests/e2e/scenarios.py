@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 import socket
 import subprocess
 import sys
@@ -13,6 +15,8 @@ import httpx
 import numpy as np
 
 from tests.e2e.service import TERMINAL, trainer_pids, wait_for
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 # Small and fast: synthetic data, 3 epochs, on the CPU.
 SMALL_JOB = {"dataset": "synthetic", "epochs": 3, "gpus": 0, "mixed_precision": "bfloat16"}
@@ -112,3 +116,23 @@ def uploaded_dataset_trains(client: httpx.Client) -> None:
     assert job["status"] == "succeeded", job
     metrics = client.get(f"/jobs/{job_id}/metrics").json()
     assert [m["epoch"] for m in metrics] == [1, 2]
+
+
+def readme_first_job() -> dict[str, object]:
+    """The spec of the README's first `curl ... -X POST .../jobs -d '{...}'`, as printed."""
+    match = re.search(r"-X POST localhost:8000/jobs .*?\n?.*?-d '(\{.*?\})'", README.read_text())
+    assert match is not None, "the README has no curl submission"
+    spec: dict[str, object] = json.loads(match.group(1))
+    return spec
+
+
+def readme_first_job_learns(client: httpx.Client) -> None:
+    """A new user's first job, exactly as the README shows it (a seed fixed for
+    repeatability), learns visibly: the default bn_momentum "auto" resolves to 0.9 on digits."""
+    spec = readme_first_job()
+    assert spec["dataset"] == "digits" and "bn_momentum" not in spec, spec
+    job_id = client.post("/jobs", json={**spec, "seed": 1}).json()["id"]
+    job = wait_for(client, job_id, lambda j: j["status"] in TERMINAL, timeout=300)
+    assert job["status"] == "succeeded", job
+    assert job["resolved"]["bn_momentum"] == 0.9
+    assert job["last_metrics"]["val_accuracy"] >= 0.5, job["last_metrics"]
