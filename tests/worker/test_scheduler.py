@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from app.core import lifecycle
 from app.core.config import get_settings
 from app.core.db import get_session_factory
-from app.core import lifecycle
 from app.core.models import Gpu, GpuLease, Job, JobStatus, utcnow
 from app.core.users import create_user
 from tests.conftest import register_test_host
