@@ -46,8 +46,8 @@ def engine_only(
     import numpy as np
     import tensorflow as tf
 
+    from app.core.spec import TrainingSpec, resolve_bn_momentum
     from worker.training import engine
-    from worker.training.config import TrainConfig
     from worker.training.data import Dataset
     from worker.training.devices import setup_devices
     from worker.training.layers import FusedBatchNormalization
@@ -55,8 +55,8 @@ def engine_only(
     from worker.training.pipeline import build_pipelines
 
     gpus = 1 if tf.config.list_physical_devices("GPU") else 0
-    config = TrainConfig(
-        dataset="synthetic", gpus=gpus, batch_size=batch_size, mixed_precision=precision
+    config = TrainingSpec.model_validate(
+        {"gpus": gpus, "batch_size": batch_size, "mixed_precision": precision}
     )
     setup = setup_devices(config)
     keras.mixed_precision.set_global_policy(setup.precision)
@@ -65,12 +65,14 @@ def engine_only(
     y = rng.integers(0, 10, (images,)).astype(np.int64)
     data = Dataset("bench", x, y, x[:batch_size], y[:batch_size], 10)
     global_batch = batch_size * setup.replicas
+    # What a training run on these images would use ("auto"); it changes no op, only numbers.
+    bn_momentum = resolve_bn_momentum(config, images)
     train = build_pipelines(data, global_batch, augment=True).train.repeat()
     with setup.strategy.scope():
         norm_layer = (
             keras.layers.BatchNormalization if batch_norm == "stock" else FusedBatchNormalization
         )
-        model = build_model("minigooglenet", (32, 32, 3), 10, config.bn_momentum, norm_layer)
+        model = build_model("minigooglenet", (32, 32, 3), 10, bn_momentum, norm_layer)
         model.compile(
             optimizer=keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum),
             loss="sparse_categorical_crossentropy",
@@ -89,6 +91,7 @@ def engine_only(
         "images_per_s": round(steps * global_batch / elapsed, 1),
         "precision": setup.precision,
         "batch_norm": batch_norm,
+        "bn_momentum": bn_momentum,
         "devices": setup.devices,
     }
 

@@ -1,6 +1,8 @@
-"""Validation of uploaded .npz datasets: each malformed file gets its own clear message.
+"""Validation of .npz datasets (app/core/dataset_files.py): each malformed file gets its own
+clear message.
 
-These run without TensorFlow: the API imports dataset_files to check uploads.
+These run without TensorFlow: the API imports dataset_files to check uploads, and the
+trainer checks its settings before TensorFlow loads.
 """
 
 from __future__ import annotations
@@ -175,9 +177,9 @@ def test_dataset_error_is_a_value_error() -> None:
     assert issubclass(DatasetError, ValueError)
 
 
-def test_dataset_files_does_not_import_tensorflow() -> None:
+def test_dataset_files_and_the_trainers_settings_do_not_import_tensorflow() -> None:
     code = (
-        "import sys, app.core.dataset_files, worker.training.config; "
+        "import sys, app.core.dataset_files, worker.training.config, worker.training.__main__; "
         "sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

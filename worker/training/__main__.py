@@ -3,6 +3,18 @@
     python -m worker.training --gpus 2 --epochs 70 --output plot.png
     python -m worker.training --json --gpus 0 --cpu-replicas 2 --dataset digits
 
+The settings are the job spec's (app/core/spec.py): one flag per field, over the fields of
+an optional --config JSON file, over the spec's defaults. They are validated before
+TensorFlow loads.
+
+Run folders: without --workdir every run trains from scratch in a new folder,
+./trainyard-runs/<UTC time, e.g. 20250102T030405Z> (with -2, -3, ... appended when two runs
+start in the same second). Its path is printed before training starts: a line on stdout, or
+on stderr with --json (stdout then carries JSON events only); the `started` event gives it
+as `workdir` (absolute) in both modes. A run resumes from checkpoints only when --workdir
+names a folder that holds them (the supervisor always passes --workdir). A new folder that a
+run leaves empty (it failed before its first checkpoint) is removed again.
+
 Exit codes: 0 finished, 2 user_error, 3 nan_loss, 4 oom, 1 internal (and 1 when
 --exit-on-stdin-eof sees its parent go away).
 """
@@ -10,19 +22,25 @@ Exit codes: 0 finished, 2 user_error, 3 nan_loss, 4 oom, 1 internal (and 1 when
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import threading
 import traceback
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import TrainConfig, UserError
+from app.core.spec import TrainingSpec
+from app.core.spec_flags import add_spec_flags, spec_values
+
+from .config import UserError, load_config
 from .events import HumanReporter, JsonReporter, Reporter
 
 EXIT_CODES = {"user_error": 2, "nan_loss": 3, "oom": 4, "internal": 1}
 EXIT_PARENT_GONE = 1
+RUNS_FOLDER = Path("trainyard-runs")  # relative: under the directory the trainer runs in
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,23 +58,14 @@ def build_parser(prog: str = "python -m worker.training") -> argparse.ArgumentPa
     )
     add = parser.add_argument
     add("--config", metavar="FILE.json", help="JSON object of settings; flags override it")
-    add("--model", help="model to train (default minigooglenet)")
-    add("--dataset", help="digits, synthetic, cifar10 or a path to an .npz (default digits)")
-    add("-g", "--gpus", type=int, help="number of GPUs to train on (default 1; 0 = CPU)")
-    add("--cpu-replicas", type=int, help="split the CPU into N replicas (needs --gpus 0)")
-    add("--epochs", type=int, help="epochs to train (default 70)")
-    add("--lr", type=float, help="initial learning rate (default 0.005)")
-    add("--batch-size", type=int, help="batch size per replica (default 64)")
-    add("--momentum", type=float, help="SGD momentum (default 0.9)")
-    add("--bn-momentum", type=float, help="BatchNormalization momentum (default 0.99)")
-    add("--augment", action=argparse.BooleanOptionalAction, help="shift/flip augmentation")
-    add("--lr-power", type=float, help="power of the poly LR decay (default 1.0: linear)")
-    add("--lr-scaling", help="none, or linear: LR x replicas after a short warm-up")
-    add("--mixed-precision", help="auto, float32, bfloat16 or float16 (default auto)")
-    add("--seed", type=int, help="fix weight init and shuffling")
-    add("--name", help="a label for this run")
+    add_spec_flags(parser, TrainingSpec, short={"gpus": "-g"})
     add("-o", "--output", metavar="PLOT.png", help="write the loss/accuracy plot here")
-    add("--workdir", metavar="DIR", help="checkpoints and model (default ./trainyard-run)")
+    add(
+        "--workdir",
+        metavar="DIR",
+        help=f"checkpoints and model; resumes from DIR's checkpoints (default: a new folder "
+        f"under ./{RUNS_FOLDER})",
+    )
     add("--json", action="store_true", help="print JSON-line events on stdout, logs on stderr")
     add(
         "--exit-on-stdin-eof",
@@ -66,8 +75,8 @@ def build_parser(prog: str = "python -m worker.training") -> argparse.ArgumentPa
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig defaults, overridden by --config FILE, overridden by explicit flags."""
+def config_from_args(args: argparse.Namespace) -> TrainingSpec:
+    """The spec's defaults, overridden by --config FILE, overridden by explicit flags."""
     values: dict[str, Any] = {}
     if hasattr(args, "config"):
         try:
@@ -77,10 +86,23 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not isinstance(loaded, dict):
             raise UserError(f"config file {args.config} must hold a JSON object")
         values.update(loaded)
-    for name in TrainConfig.field_names():
-        if hasattr(args, name):
-            values[name] = getattr(args, name)
-    return TrainConfig.from_dict(values)
+    values.update(spec_values(args, TrainingSpec))
+    return load_config(values)
+
+
+def new_run_folder(parent: Path = RUNS_FOLDER, now: datetime | None = None) -> Path:
+    """Create and return a folder of its own for one run: parent/<UTC time>, or with -2, -3,
+    ... appended when that exists. mkdir without exist_ok is the claim, so two runs started
+    in the same second never share a folder."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    folder, number = parent / stamp, 1
+    while True:
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            number += 1
+            folder = parent / f"{stamp}-{number}"
 
 
 def _watch_stdin() -> None:
@@ -115,22 +137,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m worker.training")
         if getattr(args, "exit_on_stdin_eof", False):
             _watch_stdin()
         config = config_from_args(args)
-        # Quiet TensorFlow's INFO chatter (oneDNN notices); warnings and errors still show.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-        from .callbacks import TrainingFailure
-        from .engine import train
-
-        output = getattr(args, "output", None)
+        if hasattr(args, "workdir"):
+            return _train(config, Path(args.workdir), reporter, getattr(args, "output", None))
+        workdir = new_run_folder()
+        reporter.info(f"[INFO] run folder {workdir} (to resume it: --workdir {workdir})")
         try:
-            train(
-                config,
-                Path(getattr(args, "workdir", "trainyard-run")),
-                reporter,
-                Path(output) if output else None,
-            )
-        except TrainingFailure as failure:
-            return _fail(reporter, failure.reason, failure.message)
-        return 0
+            return _train(config, workdir, reporter, getattr(args, "output", None))
+        finally:
+            with contextlib.suppress(OSError):  # rmdir removes only an empty folder
+                workdir.rmdir()
     except SystemExit as exit_request:  # --help
         return exit_request.code if isinstance(exit_request.code, int) else 0
     except UserError as error:
@@ -139,6 +154,19 @@ def main(argv: list[str] | None = None, prog: str = "python -m worker.training")
         traceback.print_exc(file=sys.stderr)
         message = " ".join(f"internal error: {type(error).__name__}: {error}".split())
         return _fail(reporter, "internal", message[:500])
+
+
+def _train(config: TrainingSpec, workdir: Path, reporter: Reporter, output: str | None) -> int:
+    # Quiet TensorFlow's INFO chatter (oneDNN notices); warnings and errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    from .callbacks import TrainingFailure  # TensorFlow loads here, after the settings passed
+    from .engine import train
+
+    try:
+        train(config, workdir, reporter, Path(output) if output else None)
+    except TrainingFailure as failure:
+        return _fail(reporter, failure.reason, failure.message)
+    return 0
 
 
 def _fail(reporter: Reporter, reason: str, message: str) -> int:

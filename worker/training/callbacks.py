@@ -11,8 +11,10 @@ from typing import Any
 import keras
 import numpy as np
 
+from app.core.spec import TrainingSpec
+
 from .checkpoints import CheckpointStore
-from .config import TrainConfig
+from .config import learning_rate
 from .events import Reporter
 
 
@@ -28,18 +30,18 @@ class TrainingFailure(Exception):
 class PolyDecay(keras.callbacks.Callback):
     """The seed's LearningRateScheduler(poly_decay), plus optional linear scaling.
 
-    Sets the LR at the start of each 0-based epoch `e` from TrainConfig.learning_rate(e), so a
-    run resumed with initial_epoch=k continues the schedule exactly at epoch k.
+    Sets the LR at the start of each 0-based epoch `e` from config.learning_rate(config, e, ...),
+    so a run resumed with initial_epoch=k continues the schedule exactly at epoch k.
     """
 
-    def __init__(self, config: TrainConfig, replicas: int) -> None:
+    def __init__(self, config: TrainingSpec, replicas: int) -> None:
         super().__init__()
         self.config = config
         self.replicas = replicas
-        self.current_lr = config.learning_rate(0, replicas)
+        self.current_lr = learning_rate(config, 0, replicas)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.current_lr = self.config.learning_rate(epoch, self.replicas)
+        self.current_lr = learning_rate(self.config, epoch, self.replicas)
         self.model.optimizer.learning_rate.assign(self.current_lr)
 
 

@@ -1,4 +1,8 @@
-"""Datasets as uint8 NHWC arrays: digits, synthetic, CIFAR-10, or a user's .npz file.
+"""Datasets as uint8 NHWC arrays: digits, synthetic, CIFAR-10, or an .npz file.
+
+The spec's `dataset` is a built-in name, an .npz path (the standalone trainer's, or the one
+the worker passes for an uploaded dataset), or an uploaded dataset's id, which only the
+service can turn into a file.
 
 Every loader returns a `Dataset` whose images are 32x32: MiniGoogLeNet ends in a 7x7 average
 pool that only fits the 7x7 map a 32x32 input produces, so inputs of any other size are RESIZED
@@ -38,8 +42,13 @@ class Dataset:
         return (SIDE, SIDE, int(self.x_train.shape[-1]))
 
 
-def load_dataset(name: str, seed: int | None = None) -> Dataset:
-    """Load the dataset called `name` ("digits", "synthetic", "cifar10") or an .npz path."""
+def load_dataset(name: str | int) -> Dataset:
+    """Load the spec's `dataset`: "digits", "synthetic", "cifar10" or a path to an .npz file."""
+    if isinstance(name, int):
+        raise UserError(
+            f"dataset {name} is an uploaded dataset's id, which only the service resolves; "
+            "outside it, pass the path to the dataset's .npz file instead"
+        )
     if name == "digits":
         return load_digits()
     if name == "synthetic":
@@ -54,7 +63,8 @@ def load_dataset(name: str, seed: int | None = None) -> Dataset:
 
 
 def datasets_dir() -> Path:
-    """Where downloaded datasets live: $TRAINYARD_DATA_DIR/datasets."""
+    """Where CIFAR-10's archive or folder is looked for: the service's datasets folder,
+    $TRAINYARD_DATA_DIR/datasets, with the same default data folder (platformdirs')."""
     data_dir = os.environ.get("TRAINYARD_DATA_DIR")
     if not data_dir:
         import platformdirs

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from .config import TrainConfig, UserError
+from app.core.spec import TrainingSpec
+
+from .config import UserError
 
 # Tensor cores for float16 start with Volta (compute capability 7.0); older GPUs run
 # mixed_float16 slower than float32.
@@ -32,7 +34,7 @@ class DeviceSetup:
         return int(self.strategy.num_replicas_in_sync)
 
 
-def setup_devices(config: TrainConfig) -> DeviceSetup:
+def setup_devices(config: TrainingSpec) -> DeviceSetup:
     """Configure TensorFlow for `config` and return the strategy to build the model under."""
     gpus = tf.config.list_physical_devices("GPU")
     if config.gpus > 0:

@@ -14,28 +14,24 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from app.core.plots import chart_title, history_png
+from app.core.spec import TrainingSpec, resolve_bn_momentum
+
 from .callbacks import EpochReporter, NanGuard, PolyDecay, TrainingFailure, optimizer_values
 from .checkpoints import Checkpoint, CheckpointStore
-from .config import TrainConfig, UserError
-from .data import Dataset, load_dataset
+from .config import UserError, learning_rate, replica_count
+from .data import load_dataset
 from .devices import setup_devices
 from .events import Reporter
 from .layers import with_stock_layers
 from .models import build_model
 from .pipeline import build_pipelines
-from .plot import plot_history
 
 # Measured on the 2-core CPU (AVX-512 BF16) with MiniGoogLeNet at batch 64: one step takes
 # ~0.45 s, and steps_per_execution=4 was no faster than 1 (within noise), because per-step
 # dispatch overhead is negligible next to the step. It would also coarsen the per-batch NaN
 # check to every 4 batches. So one step per execution.
 STEPS_PER_EXECUTION = 1
-
-# BatchNormalization momentum (`bn_momentum`): the book keeps Keras' 0.99, which suits
-# CIFAR-10 (781 steps per epoch) but leaves the inference statistics mostly at their initial
-# values for the first epochs of a small dataset: on digits (21 steps per epoch) validation
-# accuracy stayed at chance (0.10-0.13) for 3 epochs at 0.99 and reached 0.84 at 0.9. So the
-# default is the book's, and small-data runs may lower it.
 
 
 @dataclass(frozen=True)
@@ -57,7 +53,7 @@ class RunPaths:
 
 
 def train(
-    config: TrainConfig, workdir: Path, reporter: Reporter, plot_path: Path | None = None
+    config: TrainingSpec, workdir: Path, reporter: Reporter, plot_path: Path | None = None
 ) -> dict[str, Any]:
     """Train per `config` in `workdir`, resuming from its checkpoints; return the finished event.
 
@@ -70,13 +66,13 @@ def train(
     except tf.errors.ResourceExhaustedError as error:
         raise TrainingFailure(
             "oom",
-            f"out of memory with a global batch of {config.batch_size * config.replicas()}; "
+            f"out of memory with a global batch of {config.batch_size * replica_count(config)}; "
             f"lower batch_size (batch_size={config.batch_size}): {_first_line(error)}",
         ) from error
 
 
 def _train(
-    config: TrainConfig, paths: RunPaths, reporter: Reporter, plot_path: Path | None
+    config: TrainingSpec, paths: RunPaths, reporter: Reporter, plot_path: Path | None
 ) -> dict[str, Any]:
     setup = setup_devices(config)
     keras.mixed_precision.set_global_policy(setup.precision)
@@ -87,11 +83,12 @@ def _train(
     dataset = load_dataset(config.dataset)
     global_batch = config.batch_size * setup.replicas
     pipelines = build_pipelines(dataset, global_batch, config.augment, config.seed)
+    bn_momentum = resolve_bn_momentum(config, len(dataset.x_train))
 
     with setup.strategy.scope():
-        model = build_model(config.model, dataset.input_shape, dataset.classes, config.bn_momentum)
+        model = build_model(config.model, dataset.input_shape, dataset.classes, bn_momentum)
         optimizer = keras.optimizers.SGD(
-            learning_rate=config.learning_rate(0, setup.replicas), momentum=config.momentum
+            learning_rate=learning_rate(config, 0, setup.replicas), momentum=config.momentum
         )
         # Sparse labels: the same loss as the seed's one-hot categorical crossentropy,
         # without a (N, classes) float label copy.
@@ -131,6 +128,9 @@ def _train(
         train_images=len(dataset.x_train),
         test_images=len(dataset.x_test),
         global_batch=global_batch,
+        steps_per_epoch=pipelines.steps_per_epoch,
+        bn_momentum=bn_momentum,
+        workdir=str(paths.workdir),
     )
     for record in history:
         reporter.event("epoch", **record, replayed=True)
@@ -159,7 +159,8 @@ def _train(
     np.save(paths.mean_image, pipelines.mean_image)
     plotted = None
     if plot_path is not None:
-        plot_history(history, _title(dataset), plot_path)
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
+        plot_path.write_bytes(history_png(history, chart_title(config.model, dataset.name)))
         plotted = str(plot_path)
     finished = {"epochs": len(history), "model_path": str(paths.model), "plot_path": plotted}
     reporter.event("finished", **finished)
@@ -167,7 +168,7 @@ def _train(
 
 
 def _restore(
-    checkpoint: Checkpoint, model: keras.Model, signature: dict[str, Any], config: TrainConfig
+    checkpoint: Checkpoint, model: keras.Model, signature: dict[str, Any], config: TrainingSpec
 ) -> list[dict[str, Any]]:
     """Load weights and optimizer state; return the history recorded so far."""
     saved = checkpoint.state.get("signature", {})
@@ -198,12 +199,6 @@ def _restore(
     for variable, value in zip(variables, checkpoint.optimizer_variables, strict=True):
         variable.assign(value)
     return history
-
-
-def _title(dataset: Dataset) -> str:
-    return {"cifar10": "CIFAR-10", "digits": "digits", "synthetic": "synthetic"}.get(
-        dataset.name, dataset.name
-    )
 
 
 def _first_line(error: BaseException) -> str:

@@ -58,7 +58,8 @@ class HumanReporter:
             self.info(
                 f"[INFO] training {fields['params']:,} parameters on {fields['replicas']} "
                 f"replica(s) ({devices}), precision {fields['precision']}, "
-                f"global batch {fields['global_batch']}, {fields['train_images']} training / "
+                f"global batch {fields['global_batch']}, BatchNormalization momentum "
+                f"{fields['bn_momentum']:g}, {fields['train_images']} training / "
                 f"{fields['test_images']} test images"
             )
             if fields["initial_epoch"]:

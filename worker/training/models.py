@@ -14,13 +14,12 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
+from app.core.spec import BN_MOMENTUM_BOOK
+
 from .layers import FusedBatchNormalization
 
 MODELS = ("minigooglenet",)
 INPUT_SIZE = 32  # the 7x7 average pool below needs a 7x7 map, i.e. a 32x32 input
-
-
-BOOK_BN_MOMENTUM = 0.99  # Keras' default, which the book's code uses
 
 # Makes one batch-normalisation layer; the model builder binds its class and momentum.
 NormFactory = Callable[[], keras.layers.Layer]
@@ -49,7 +48,7 @@ def _downsample_module(x, filters: int, norm: NormFactory):
 def build_minigooglenet(
     input_shape: tuple[int, int, int] = (32, 32, 3),
     classes: int = 10,
-    bn_momentum: float = BOOK_BN_MOMENTUM,
+    bn_momentum: float = BN_MOMENTUM_BOOK,
     batch_norm: type[keras.layers.BatchNormalization] = FusedBatchNormalization,
 ) -> keras.Model:
     """Build MiniGoogLeNet for NHWC images of `input_shape` (must be 32x32) and `classes` labels.
@@ -99,7 +98,7 @@ def build_model(
     name: str,
     input_shape: tuple[int, int, int],
     classes: int,
-    bn_momentum: float = BOOK_BN_MOMENTUM,
+    bn_momentum: float = BN_MOMENTUM_BOOK,
     batch_norm: type[keras.layers.BatchNormalization] = FusedBatchNormalization,
 ) -> keras.Model:
     """Build the model called `name` (see MODELS)."""
