@@ -6,6 +6,7 @@ behind by a worker that died. Where there is no /proc (not Linux), nothing is fo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,3 +64,18 @@ def trainers_in(workdir: Path) -> list[ProcessInfo]:
         if named and process.state != "Z":
             found.append(process)
     return found
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether process group `pgid` still has a process that is not a zombie. A zombie has
+    freed its memory and GPU context; it lingers only until its parent reaps it, and that
+    parent may not be ours (a container whose PID 1 never reaps), so it does not count."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, though not ours to signal
+    if not PROC.is_dir():  # no /proc to tell zombies apart: the signal's answer stands
+        return True
+    return any(p.pgid == pgid and p.state != "Z" for p in processes())

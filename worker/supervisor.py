@@ -30,6 +30,7 @@ from app.core.config import Settings
 from app.core.logs import tail_lines
 from app.core.models import FailureReason, JobStatus
 from worker import runs
+from worker.procfs import group_alive
 from worker.trainer_config import leased_devices, trainer_config
 
 log = logging.getLogger(__name__)
@@ -80,29 +81,22 @@ def _read_lines(stream: IO[str], lines: queue.Queue[object]) -> None:
 
 
 def end_process_group(process: subprocess.Popen[str], grace_seconds: float) -> None:
-    """SIGTERM the trainer's process group, SIGKILL it after the grace period, and return
-    only once no process of the group is left."""
+    """SIGTERM the trainer's process group, SIGKILL it once `grace_seconds` have passed, and
+    return only once no live process of the group is left (zombies do not count: see
+    worker.procfs.group_alive)."""
     pgid = process.pid  # start_new_session: the child leads its own group
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace_seconds)
-    wait_group_gone(pgid, grace_seconds, process)
-
-
-def wait_group_gone(pgid: int, grace_seconds: float, process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + grace_seconds
+    killed = False
     while True:
         process.poll()  # reap the leader so that it does not linger as a zombie
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
+        if not group_alive(pgid):
             return
-        if time.monotonic() > deadline:
-            try:
+        if not killed and time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                return
+            killed = True
         time.sleep(0.05)
 
 
@@ -123,19 +117,25 @@ class JobSupervisor:
         self.workdir = settings.job_dir(claim.job_id)
         self.log_path = self.workdir / "train.log"
         self.outcome = RunOutcome()
+        # When the database last took a write of this run (the claim, just now): the
+        # reconciler counts a whole host timeout of silence from the last one.
+        self.last_written = time.monotonic()
 
     # -- database, one short session per write --------------------------------------------
     def _db(self, write: Callable[..., Any], *args: Any) -> Any:
         """Run one fenced write, retrying while the database is briefly unavailable (locked,
-        restarting). Past half the host timeout it gives up with DatabaseUnreachable: the
-        run must then stop itself before the reconciler (which waits a whole host timeout
-        of silence) gives the job to another run."""
-        deadline = time.monotonic() + self.settings.host_timeout_seconds / 2
+        restarting). Half a host timeout after the last write that went through it gives up
+        with DatabaseUnreachable: the run must then stop itself (within a quarter host
+        timeout more, see `run`) before the reconciler, which waits a whole host timeout of
+        silence, gives the job to another run."""
+        deadline = self.last_written + self.settings.host_timeout_seconds / 2
         delay = 0.1
         while True:
             try:
                 with self.session_factory() as session:
-                    return write(session, self.claim.job_id, self.claim.attempt, *args)
+                    result = write(session, self.claim.job_id, self.claim.attempt, *args)
+                self.last_written = time.monotonic()
+                return result
             except OperationalError as error:
                 if time.monotonic() + delay > deadline:
                     raise DatabaseUnreachable(str(error).splitlines()[0]) from error
@@ -144,43 +144,30 @@ class JobSupervisor:
                 delay = min(delay * 2, 2.0)
 
     def run(self) -> RunOutcome:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config = trainer_config(self.claim.spec, self.settings)
-        env = {**os.environ, "TRAINYARD_DATA_DIR": str(self.settings.data_dir)}
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-        with self.session_factory() as session:
-            devices = leased_devices(session, self.settings, self.claim)
-        config.update(devices.config)
-        env.update(devices.env)
-        config_path = self.workdir / "config.json"
-        config_path.write_text(json.dumps(config, indent=2))
-        with self.log_path.open("a") as stderr:
-            stderr.write(
-                f"=== attempt {self.claim.attempt} on {self.settings.worker_name} "
-                f"at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ===\n"
-            )
-            stderr.flush()
-            process = subprocess.Popen(
-                trainer_command(self.settings, config_path, self.workdir),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                env=env,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
+        try:
+            process = self._start()
+        except Exception as error:  # a bad trainer command, an unwritable job folder, ...
+            log.exception("job %s: the trainer could not be started", self.claim.job_id)
+            message = f"the trainer could not be started: {type(error).__name__}: {error}"
+            try:
+                self._db(lifecycle.finish, JobStatus.failed, FailureReason.internal, message)
+            except DatabaseUnreachable:
+                self.outcome.lost_ownership = True  # the reconciler requeues it
+            return self.outcome
+        grace = self.settings.cancel_grace_seconds
         TRAINER_PGIDS.add(process.pid)
         try:
             self._follow(process)
         except DatabaseUnreachable as error:
             # Ownership can no longer be proven: stop, write nothing; the reconciler requeues
-            # the job once its heartbeat is stale, and the next run resumes it.
+            # the job once its heartbeat is stale, and the next run resumes it. The trainer
+            # must be gone before then, so its grace is cut to a quarter host timeout.
             log.error("job %s: stopping, database unreachable: %s", self.claim.job_id, error)
             self.outcome.lost_ownership = True
+            grace = min(grace, self.settings.host_timeout_seconds / 4)
         finally:
             # Whatever happened above, no process of this run survives it.
-            end_process_group(process, self.settings.cancel_grace_seconds)
+            end_process_group(process, grace)
             if process.stdin:
                 process.stdin.close()
             TRAINER_PGIDS.discard(process.pid)
@@ -191,6 +178,34 @@ class JobSupervisor:
                 "job %s: result not recorded (%s); it will be rerun", self.claim.job_id, error
             )
         return self.outcome
+
+    def _start(self) -> subprocess.Popen[str]:
+        """Write the trainer's config and start it in its own process group."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = trainer_config(self.claim.spec, self.settings)
+        env = {**os.environ, "TRAINYARD_DATA_DIR": str(self.settings.data_dir)}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+        devices = self._db(leased_devices, self.settings)  # a read, retried as the writes
+        config.update(devices.config)
+        env.update(devices.env)
+        config_path = self.workdir / "config.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        with self.log_path.open("a") as stderr:
+            stderr.write(
+                f"=== attempt {self.claim.attempt} on {self.settings.worker_name} "
+                f"at {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ===\n"
+            )
+            stderr.flush()
+            return subprocess.Popen(
+                trainer_command(self.settings, config_path, self.workdir),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=env,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
 
     def _follow(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None

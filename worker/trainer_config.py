@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.lifecycle import Claim, leased_indices
+from app.core.lifecycle import leased_indices
 from app.core.models import Gpu, Host
 from app.core.spec import TrainingSpec
 from worker.gpus import GpuInfo, cuda_visible_devices
@@ -33,14 +33,14 @@ class Devices:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def leased_devices(session: Session, settings: Settings, claim: Claim) -> Devices:
+def leased_devices(session: Session, job_id: int, attempt: int, settings: Settings) -> Devices:
     """The trainer sees exactly the GPUs leased to this attempt, and nothing else.
 
     CUDA_VISIBLE_DEVICES is set before TensorFlow loads (the trainer is a fresh process);
     CUDA_DEVICE_ORDER=PCI_BUS_ID makes CUDA's numbering agree with NVML's. On a host with
     simulated GPUs the leased count becomes the trainer's CPU replica count.
     """
-    indices = leased_indices(session, claim.job_id, claim.attempt)
+    indices = leased_indices(session, job_id, attempt)
     if not indices:  # a CPU job: hide every GPU, they belong to leases of other jobs
         return Devices(env={"CUDA_VISIBLE_DEVICES": ""})
     host = session.get(Host, settings.worker_name)
