@@ -4,13 +4,26 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 from app import __version__
-from app.api import api_router
+from app.api import api_router, errors
+from app.api.body_limit import FORM_OVERHEAD_BYTES, BodyLimit
+from app.core.config import get_settings
 
 app = FastAPI(
     title="Trainyard",
     version=__version__,
     description="Submit TensorFlow training jobs, follow every epoch, fetch plots and models.",
 )
+errors.install(app)
+
+
+def _body_limit(content_type: str) -> int:
+    settings = get_settings()
+    if content_type.startswith("multipart/form-data"):  # a dataset upload
+        return settings.max_dataset_bytes + FORM_OVERHEAD_BYTES
+    return settings.max_body_bytes
+
+
+app.add_middleware(BodyLimit, limit_for=_body_limit)
 app.include_router(api_router)
 
 

@@ -24,6 +24,6 @@ def test_the_table_states_each_fields_bounds() -> None:
     assert allowed(fields["lr"]) == "number > 0, ≤ 10"
     assert allowed(fields["bn_momentum"]) == '`"auto"` or number > 0, < 1'
     # The API never offers a local file path, so the table does not either.
-    assert allowed(fields["dataset"]) == '`"cifar10"`, `"digits"`, `"synthetic"` or 1..2^63-1'
+    assert allowed(fields["dataset"]) == '`"cifar10"`, `"digits"`, `"synthetic"` or 1..2^31-1'
     rows = [line for line in markdown_table().splitlines() if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == list(fields)

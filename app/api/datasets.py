@@ -5,12 +5,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, UploadFile, status
 
 from app.api.auth import UNAUTHORIZED, current_user
-from app.api.deps import SessionDep
+from app.api.deps import DecimalDigits, SessionDep
+from app.api.errors import clip
 from app.api.schemas import DatasetOut
 from app.core import datasets as dataset_queries
 from app.core.config import get_settings
 from app.core.dataset_files import DatasetError
-from app.core.spec import MAX_ID
+from app.core.spec import MAX_ID, Label
+
+DatasetId = Annotated[int, DecimalDigits, Path(ge=1, le=MAX_ID, description="A dataset's id.")]
 
 router = APIRouter(
     prefix="/datasets",
@@ -38,14 +41,14 @@ def field_error(field: str, message: str, code: int = 422) -> HTTPException:
 def upload_dataset(
     session: SessionDep,
     file: Annotated[UploadFile, File(description=".npz with x_train, y_train, x_test, y_test.")],
-    name: Annotated[str | None, Form(max_length=200)] = None,
+    name: Annotated[Label | None, Form(max_length=200)] = None,
 ) -> DatasetOut:
     """Upload an .npz dataset; it is validated before it is stored."""
     settings = get_settings()
+    # The file's own name is the client's to choose too: keep only what can be stored.
+    fallback = clip((file.filename or "").replace("\x00", ""), 200) or "dataset.npz"
     try:
-        dataset = dataset_queries.store_upload(
-            session, settings, name or file.filename or "dataset.npz", file.file
-        )
+        dataset = dataset_queries.store_upload(session, settings, name or fallback, file.file)
     except dataset_queries.TooLarge as error:
         raise field_error("file", str(error), status.HTTP_413_CONTENT_TOO_LARGE) from error
     except DatasetError as error:
@@ -60,9 +63,7 @@ def list_datasets(session: SessionDep) -> list[DatasetOut]:
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses={404: {}})
-def get_dataset(
-    dataset_id: Annotated[int, Path(ge=1, le=MAX_ID)], session: SessionDep
-) -> DatasetOut:
+def get_dataset(dataset_id: DatasetId, session: SessionDep) -> DatasetOut:
     """One uploaded dataset."""
     dataset = dataset_queries.get_dataset(session, dataset_id)
     if dataset is None:

@@ -1,10 +1,22 @@
-"""Request dependencies shared by the routers."""
+"""Request dependencies and parameter types shared by the routers."""
 
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
 from fastapi import Depends
+from pydantic import BeforeValidator
 from sqlalchemy.orm import Session
 
 from app.core.db import session_scope
 
 SessionDep = Annotated[Session, Depends(session_scope)]
+
+
+def _decimal_digits(value: Any) -> Any:
+    # Python's int() reads "1_0" as 10 and " +5" as 5: an id in a URL is digits, nothing else.
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]+", value):
+        raise ValueError("an id is written in decimal digits only")
+    return value
+
+
+DecimalDigits = BeforeValidator(_decimal_digits)

@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 
 from app.api.auth import UNAUTHORIZED, CurrentUser, current_user, require_owner_or_admin
 from app.api.datasets import field_error
-from app.api.deps import SessionDep
+from app.api.deps import DecimalDigits, SessionDep
 from app.api.job_view import job_view
 from app.api.schemas import EpochOut, JobOut, JobPage
 from app.core import jobs as job_queries
@@ -22,7 +22,7 @@ from app.core.models import EPOCH_METRICS, Job, JobStatus, utcnow
 from app.core.plots import chart_title, history_png
 from app.core.spec import MAX_ID, JobSpec
 
-JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="A job's id.")]
+JobId = Annotated[int, DecimalDigits, Path(ge=1, le=MAX_ID, description="A job's id.")]
 
 router = APIRouter(
     prefix="/jobs",

@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between SIGTERM and SIGKILL when a run is cancelled or stopped.",
     )
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest request body other than a dataset upload (JSON): over it, 413 "
+        "before the body is parsed.",
+    )
     max_dataset_bytes: int = Field(
         default=2 * 1024**3, ge=1, description="Largest .npz that POST /datasets accepts."
     )

@@ -14,12 +14,36 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
-# Ids fit a 64-bit signed integer (SQLite's and PostgreSQL's BIGINT).
-MAX_ID = 2**63 - 1
+# Ids are INTEGER columns: 32-bit signed on PostgreSQL. A larger id is a 422 at the door,
+# never an overflow in the driver (a 500).
+MAX_ID = 2**31 - 1
 DatasetId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+def _storable_text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, and no database takes a lone surrogate (JSON's
+    # "\ud800" decodes to one); nothing a person types needs either.
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError("must be valid Unicode text (it holds a lone surrogate)") from error
+    return value
+
+
+# Free text a person gives (a job's or dataset's name).
+Label = Annotated[str, AfterValidator(_storable_text)]
 BuiltinDataset = Literal["cifar10", "digits", "synthetic"]
 BUILTIN_DATASETS: tuple[str, ...] = ("cifar10", "digits", "synthetic")
 
@@ -140,7 +164,7 @@ class TrainingSpec(BaseModel):
 class JobSpec(TrainingSpec):
     """A training job as submitted to the service: the training fields plus its own."""
 
-    name: str | None = Field(default=None, max_length=200, description="A label for people.")
+    name: Label | None = Field(default=None, max_length=200, description="A label for people.")
     priority: int = Field(
         default=0,
         ge=-100,

@@ -1,0 +1,69 @@
+"""A request body may be only so large, counted as it streams in: over the limit the client
+gets 413 before the body is parsed (or stored), whatever Content-Length says or omits.
+
+One authenticated 50 MB JSON body used to hold every client up for half a minute while it
+was parsed and validated; an upload was written out whole before its size was checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Room for a multipart form's boundaries and its other fields, around the uploaded file.
+FORM_OVERHEAD_BYTES = 64 * 1024
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over the limit of {limit} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: `limit_for(content_type)` gives the largest body allowed."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        limit = self.limit_for(headers.get(b"content-type", b"").decode("latin-1"))
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await _refuse(send, limit)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # An HTTPException: FastAPI passes it on as the response (413).
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+async def _refuse(send: Send, limit: int) -> None:
+    body = f'{{"detail":"request body over the limit of {limit} bytes"}}'.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

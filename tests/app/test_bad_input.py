@@ -1,0 +1,127 @@
+"""Input that used to crash or stall the API gets a 4xx naming the field, on SQLite and on
+PostgreSQL, and changes nothing: non-finite numbers, NUL and lone surrogates, ids beyond the
+id columns' range or written loosely, oversized bodies, oversized echoes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from app.core.config import get_settings
+from app.core.db import get_session_factory
+from app.core.models import Dataset, Job
+from app.main import app
+from tests.conftest import bearer
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture
+def client(tokens: dict[str, str]) -> TestClient:
+    # raise_server_exceptions=False: a server fault must show as the 500 a client would get.
+    return TestClient(app, headers=bearer(tokens["root"]), raise_server_exceptions=False)
+
+
+def stored() -> tuple[int, int]:
+    with get_session_factory()() as session:
+        jobs = session.scalar(select(func.count()).select_from(Job)) or 0
+        datasets = session.scalar(select(func.count()).select_from(Dataset)) or 0
+        return jobs, datasets
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"lr": NaN}', "lr"),
+        (b'{"lr": Infinity}', "lr"),
+        (b'{"momentum": -Infinity}', "momentum"),
+        (b'{"lr": 1e400}', "lr"),
+        (b'{"epochs": 1e400}', "epochs"),
+        (b'{"seed": NaN}', "seed"),
+        (b'{"bn_momentum": NaN}', "bn_momentum"),
+        (b'{"unknown": NaN}', "unknown"),
+        (b'{"name": "a\\ud800b"}', "name"),
+        (b'{"name": "a\\u0000b"}', "name"),
+    ],
+)
+def test_unstorable_values_are_422_naming_the_field(
+    client: TestClient, body: bytes, field: str
+) -> None:
+    response = client.post("/jobs", content=body, headers=JSON)
+    assert response.status_code == 422, response.text
+    # A union (bn_momentum: "auto" or a number) reports one error per alternative.
+    assert {tuple(error["loc"][:2]) for error in response.json()["detail"]} == {("body", field)}
+    assert stored() == (0, 0)
+
+
+def test_a_body_that_is_all_nan_is_422(client: TestClient) -> None:
+    response = client.post("/jobs", content=b"[NaN, Infinity]", headers=JSON)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body"]
+
+
+def test_a_dataset_name_with_nul_is_422(client: TestClient) -> None:
+    response = client.post(
+        "/datasets", files={"file": ("x.npz", b"PK\x05\x06" + b"\0" * 18)}, data={"name": "a\0"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "name"]
+    assert stored() == (0, 0)
+
+
+def id_routes() -> Iterator[tuple[str, str]]:
+    """(method, path template) of every documented route that takes a job or dataset id."""
+    for path, operations in app.openapi()["paths"].items():
+        if "{job_id}" in path or "{dataset_id}" in path:
+            for method in operations:
+                yield method.upper(), path
+
+
+@pytest.mark.parametrize("value", ["2147483648", "9223372036854775808", "1_0", "+1", "0x1", "0"])
+def test_ids_beyond_the_column_or_written_loosely_are_422(client: TestClient, value: str) -> None:
+    routes = list(id_routes())
+    assert len(routes) == 7  # job, metrics, plot, logs, model, cancel; dataset
+    for method, template in routes:
+        path = template.replace("{job_id}", value).replace("{dataset_id}", value)
+        response = client.request(method, path)
+        assert response.status_code == 422, (method, path, response.text)
+        assert response.json()["detail"][0]["loc"][0] == "path"
+
+
+def test_offset_beyond_the_id_range_is_422(client: TestClient) -> None:
+    assert client.get("/jobs", params={"offset": 2**31}).status_code == 422
+
+
+def test_an_error_repeats_only_a_short_prefix_of_the_input(client: TestClient) -> None:
+    response = client.post("/jobs", json={"dataset": "x" * 200_000})
+    assert response.status_code == 422
+    assert len(response.content) < 2_000
+    assert all(len(str(e.get("input", ""))) <= 100 for e in response.json()["detail"])
+
+
+def test_a_json_body_over_the_limit_is_413_before_it_is_parsed(client: TestClient) -> None:
+    body: dict[str, Any] = {"name": "x", "padding": "y" * (2 * 1024 * 1024)}
+    response = client.post("/jobs", json=body)
+    assert response.status_code == 413
+    assert str(get_settings().max_body_bytes) in response.text
+    assert stored() == (0, 0)
+
+
+def test_a_streamed_body_without_length_is_cut_off_at_the_limit(client: TestClient) -> None:
+    sent = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal sent
+        yield b'{"name": "'
+        for _ in range(64):  # 4 MiB offered, 64 KiB at a time
+            sent += 65536
+            yield b"z" * 65536
+        yield b'"}'
+
+    response = client.post("/jobs", content=chunks(), headers=JSON)
+    assert response.status_code == 413
+    assert stored() == (0, 0)
