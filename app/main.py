@@ -5,7 +5,7 @@ from fastapi.responses import RedirectResponse
 
 from app import __version__
 from app.api import api_router, errors
-from app.api.body_limit import FORM_OVERHEAD_BYTES, BodyLimit
+from app.api.body_limit import FORM_OVERHEAD_BYTES, BodyLimit, Limit
 from app.core.config import get_settings
 
 app = FastAPI(
@@ -16,11 +16,19 @@ app = FastAPI(
 errors.install(app)
 
 
-def _body_limit(content_type: str) -> int:
+def _body_limit(content_type: str) -> Limit:
     settings = get_settings()
     if content_type.startswith("multipart/form-data"):  # a dataset upload
-        return settings.max_dataset_bytes + FORM_OVERHEAD_BYTES
-    return settings.max_body_bytes
+        return Limit(
+            settings.max_dataset_bytes + FORM_OVERHEAD_BYTES,
+            f"upload over the limit of {settings.max_dataset_bytes} bytes "
+            "(TRAINYARD_MAX_DATASET_BYTES)",
+        )
+    return Limit(
+        settings.max_body_bytes,
+        f"request body over the limit of {settings.max_body_bytes} bytes "
+        "(TRAINYARD_MAX_BODY_BYTES)",
+    )
 
 
 app.add_middleware(BodyLimit, limit_for=_body_limit)

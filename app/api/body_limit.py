@@ -7,7 +7,9 @@ was parsed and validated; an upload was written out whole before its size was ch
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from typing import NamedTuple
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,15 +18,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 FORM_OVERHEAD_BYTES = 64 * 1024
 
 
+class Limit(NamedTuple):
+    bytes: int  # the largest body allowed
+    message: str  # what a client over it is told (the setting to name)
+
+
 class BodyTooLarge(HTTPException):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body over the limit of {limit} bytes")
+    def __init__(self, limit: Limit) -> None:
+        super().__init__(413, limit.message)
 
 
 class BodyLimit:
-    """ASGI middleware: `limit_for(content_type)` gives the largest body allowed."""
+    """ASGI middleware: `limit_for(content_type)` gives the limit of a request's body."""
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], Limit]) -> None:
         self.app = app
         self.limit_for = limit_for
 
@@ -35,7 +42,7 @@ class BodyLimit:
         headers = dict(scope["headers"])
         limit = self.limit_for(headers.get(b"content-type", b"").decode("latin-1"))
         declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > limit:
+        if declared.isdigit() and int(declared) > limit.bytes:
             await _refuse(send, limit)
             return
         received = 0
@@ -45,7 +52,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
+                if received > limit.bytes:
                     # An HTTPException: FastAPI passes it on as the response (413).
                     raise BodyTooLarge(limit)
             return message
@@ -53,8 +60,8 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-async def _refuse(send: Send, limit: int) -> None:
-    body = f'{{"detail":"request body over the limit of {limit} bytes"}}'.encode()
+async def _refuse(send: Send, limit: Limit) -> None:
+    body = json.dumps({"detail": limit.message}).encode()
     await send(
         {
             "type": "http.response.start",

@@ -4,7 +4,9 @@ id columns' range or written loosely, oversized bodies, oversized echoes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,3 +127,51 @@ def test_a_streamed_body_without_length_is_cut_off_at_the_limit(client: TestClie
     response = client.post("/jobs", content=chunks(), headers=JSON)
     assert response.status_code == 413
     assert stored() == (0, 0)
+
+
+def test_an_upload_over_the_limit_is_cut_off_while_it_streams(
+    tokens: dict[str, str], db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Driven at the ASGI level, as a server feeds a slow client's body in chunks: the API
+    stops reading soon after the limit, and keeps nothing."""
+    monkeypatch.setenv("TRAINYARD_MAX_DATASET_BYTES", "100000")
+    get_settings.cache_clear()
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.npz"\r\n\r\n'
+    chunks = [head, *[b"x" * 65536] * 256]  # 16 MiB offered
+    pulled = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        pulled += 1
+        more = pulled < len(chunks)
+        return {"type": "http.request", "body": chunks[pulled - 1], "more_body": more}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/datasets",
+        "raw_path": b"/datasets",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"multipart/form-data; boundary=b"),
+            (b"authorization", f"Bearer {tokens['root']}".encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413
+    assert b"TRAINYARD_MAX_DATASET_BYTES" in b"".join(m.get("body", b"") for m in sent[1:])
+    # The limit (100 kB + 64 KiB for the form around the file) falls in the 3rd data chunk.
+    assert pulled <= 5, f"read {pulled} of {len(chunks)} chunks"
+    assert stored() == (0, 0)
+    assert list((db / "datasets" / "uploads").iterdir()) == []
