@@ -80,15 +80,17 @@ def submit_job(
     hosts = live_hosts(session, settings, utcnow())
     if spec.gpus and (why := too_few_gpus(hosts, spec.gpus)):
         raise field_error("gpus", f"no host can ever run this job: {why}")
-    limit = settings.max_active_jobs_per_user
-    if limit and job_queries.active_jobs_of(session, user) >= limit:
+    # Committed as queued; a worker's scheduling pass places it and sends it to its host.
+    try:
+        job = lifecycle.submit(
+            session, spec, user, idempotency_key, settings.max_active_jobs_per_user
+        )
+    except lifecycle.ActiveJobLimit as limit:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            f"{user.name} has {limit} queued or running jobs, the limit "
+            f"{user.name} has {limit.limit} queued or running jobs, the limit "
             "(TRAINYARD_MAX_ACTIVE_JOBS_PER_USER); submit again when one ends",
-        )
-    # Committed as queued; a worker's scheduling pass places it and sends it to its host.
-    job = lifecycle.submit(session, spec, user, idempotency_key)
+        ) from limit
     if job.spec != spec.model_dump():  # a concurrent request with this key won the race
         return _replay(session, job, spec, response)
     return job_view(session, job)

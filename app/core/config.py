@@ -64,9 +64,10 @@ class Settings(BaseSettings):
         default=0, ge=0, description="GPUs one user may hold at once; 0: no limit (jobs wait)."
     )
     max_active_jobs_per_user: int = Field(
-        default=0,
+        default=100,
         ge=0,
-        description="Queued + running jobs per user; 0: no limit (over it: 429).",
+        description="Queued + running jobs per user (over it: 429); 0: no limit. The default "
+        "keeps one script from filling a shared box's queue.",
     )
     heartbeat_seconds: float = Field(
         default=2.0, gt=0, description="How often a worker reports its host and GPUs."

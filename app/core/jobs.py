@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import ColumnElement, UnaryExpression, func, select
 from sqlalchemy.orm import Session
 
-from app.core.models import ACTIVE_STATUSES, Epoch, Job, JobStatus, User
+from app.core.models import Epoch, Job, JobStatus, User
 
 # The order in which queued jobs are considered for a placement: priority, then submission.
 QUEUE_ORDER: tuple[UnaryExpression[int], ...] = (Job.priority.desc(), Job.id.asc())
@@ -53,18 +53,6 @@ def list_jobs(
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     jobs = session.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset)).all()
     return list(jobs), total
-
-
-def active_jobs_of(session: Session, user: User) -> int:
-    """The user's queued, placed and running jobs."""
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.owner_id == user.id, Job.status.in_(ACTIVE_STATUSES))
-        )
-        or 0
-    )
 
 
 def list_epochs(session: Session, job_id: int) -> list[Epoch]:

@@ -25,12 +25,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.db import rows_changed
-from app.core.models import FailureReason, GpuLease, Job, JobStatus, User, utcnow
+from app.core.models import (
+    ACTIVE_STATUSES,
+    FailureReason,
+    GpuLease,
+    Job,
+    JobStatus,
+    User,
+    utcnow,
+)
 from app.core.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -58,9 +66,40 @@ def owned_by(job_id: int, attempt: int) -> ColumnElement[bool]:
     return (Job.id == job_id) & (Job.attempt == attempt) & (Job.status == JobStatus.running)
 
 
-def submit(session: Session, spec: JobSpec, owner: User, idempotency_key: str | None = None) -> Job:
+class ActiveJobLimit(Exception):
+    """The owner already has `limit` queued, placed or running jobs."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"already {limit} queued or running jobs, the limit")
+        self.limit = limit
+
+
+def submit(
+    session: Session,
+    spec: JobSpec,
+    owner: User,
+    idempotency_key: str | None = None,
+    max_active: int = 0,
+) -> Job:
     """Store the job as queued (commits). With a key this owner already used, the job of that
-    first submission is returned instead (also when two such requests race)."""
+    first submission is returned instead (also when two such requests race).
+
+    `max_active` (0: no limit) bounds the owner's active jobs, also under concurrency: the
+    transaction first locks the owner's row (an UPDATE: a row lock on PostgreSQL, the write
+    lock on SQLite), so the count and the insert of two racing submissions never interleave.
+    Raises ActiveJobLimit, writing nothing, when the owner is at the limit.
+    """
+    session.commit()  # end any read transaction: the lock below must start a fresh one
+    if max_active:
+        session.execute(update(User).where(User.id == owner.id).values(name=User.name))
+        active = session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.owner_id == owner.id, Job.status.in_(ACTIVE_STATUSES))
+        )
+        if (active or 0) >= max_active:
+            session.rollback()
+            raise ActiveJobLimit(max_active)
     job = Job(
         name=spec.name,
         owner_id=owner.id,
