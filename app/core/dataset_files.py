@@ -6,7 +6,8 @@ DatasetError with a one-line message that names the key at fault, so the API can
 a 4xx body as is.
 
 Expected layout: x_train, y_train, x_test, y_test; images (N, H, W, C) with C 1 or 3 and
-H, W >= 8, uint8 or float; labels integers 0..K-1 (K >= 2), shaped (N,) or (N, 1).
+H, W >= 8, uint8 or float16/32/64; labels integers 0..K-1 (K >= 2, not uint64), shaped (N,)
+or (N, 1). Entries stored or deflated, as np.savez and np.savez_compressed write them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from typing import Any
 import numpy as np
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
+IMAGE_DTYPES = (
+    np.dtype(np.uint8),
+    np.dtype(np.float16),
+    np.dtype(np.float32),
+    np.dtype(np.float64),
+)
 MIN_SIDE = 8
 
 
@@ -32,6 +39,7 @@ def load_npz(path: str | os.PathLike[str], max_bytes: int | None = None) -> Arra
     """Load and validate `path`; return (x_train, y_train, x_test, y_test).
 
     Labels come back as 1-D int64 arrays. Images keep their dtype (uint8 or float).
+    With `max_bytes`, the archive's declared unpacked size is checked before loading.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -59,27 +67,34 @@ def load_npz(path: str | os.PathLike[str], max_bytes: int | None = None) -> Arra
     return validate_arrays(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"])
 
 
+# np.savez stores entries, np.savez_compressed deflates them. Deflate expands at most ~1032
+# to 1; other methods (bzip2, lzma) expand a few kilobytes into gigabytes.
+COMPRESSIONS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+
+
 def _check_unpacked_size(path: str, max_bytes: int) -> None:
-    """Refuse arrays whose unpacked size is over the limit, from their headers alone: a
-    compressed .npz of zeros could otherwise unpack to far more memory than the file size."""
+    """Refuse an archive whose entries, all of them whatever their names, declare more than
+    `max_bytes` unpacked, or use a compression other than np.savez's, before anything is
+    decompressed. Reading an entry never yields more than its declared size (zipfile cuts
+    it off there), so the declared sizes bound what loading can take."""
     total = 0
     try:
         with zipfile.ZipFile(path) as archive:
             for member in archive.infolist():
-                if not member.filename.endswith(".npy"):
-                    continue
-                with archive.open(member) as handle:
-                    version = np.lib.format.read_magic(handle)
-                    if version == (1, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
-                    else:
-                        shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
-                total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                if member.compress_type not in COMPRESSIONS:
+                    raise DatasetError(
+                        f"entry {member.filename[:80]!r} uses zip compression method "
+                        f"{member.compress_type}; only stored or deflate (np.savez, "
+                        "np.savez_compressed) are accepted"
+                    )
+                total += member.file_size
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        if isinstance(error, DatasetError):
+            raise
         raise DatasetError(f"dataset file cannot be read as .npz: {_one_line(error)}") from error
     if total > max_bytes:
         raise DatasetError(
-            f"the arrays take {total} bytes unpacked, more than the limit of {max_bytes}"
+            f"the archive unpacks to {total} bytes, more than the limit of {max_bytes}"
         )
 
 
@@ -140,8 +155,8 @@ def _check_images(key: str, x: np.ndarray) -> None:
         raise DatasetError(
             f"{key} images are {height}x{width}; height and width must be at least {MIN_SIDE}"
         )
-    if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
-        raise DatasetError(f"{key} must be uint8 or float, got dtype {x.dtype}")
+    if x.dtype not in IMAGE_DTYPES:
+        raise DatasetError(f"{key} must be uint8, float16, float32 or float64, got dtype {x.dtype}")
     if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
         raise DatasetError(f"{key} contains NaN or infinite values")
 
@@ -156,6 +171,8 @@ def _check_labels(key: str, y: np.ndarray, count: int, images_key: str) -> np.nd
         )
     if not np.issubdtype(y.dtype, np.integer):
         raise DatasetError(f"{key} must hold integer class ids, got dtype {y.dtype}")
+    if y.dtype == np.uint64:  # values from 2**63 on would wrap to negative ids in int64
+        raise DatasetError(f"{key} must not be uint64; store class ids as int64 or smaller")
     if len(y) != count:
         raise DatasetError(f"{key} has {len(y)} labels but {images_key} has {count} images")
     if y.min() < 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,11 @@ BAD_FILES: list[tuple[str, Callable[[Arrays], Arrays], str]] = [
         "1 or 3 channels",
     ),
     ("tiny images", change("x_train", lambda a: a["x_train"][:, :4, :4]), "at least 8"),
-    ("int32 images", change("x_train", lambda a: a["x_train"].astype(np.int32)), "uint8 or float"),
+    (
+        "int32 images",
+        change("x_train", lambda a: a["x_train"].astype(np.int32)),
+        "uint8, float16, float32",
+    ),
     ("float labels", change("y_train", lambda a: a["y_train"] + 0.5), "integer class ids"),
     ("negative label", change("y_train", lambda a: a["y_train"] - 1), "negative label"),
     ("one class", change("y_train", lambda a: np.zeros(40, np.int64)), "single class"),
@@ -132,7 +137,7 @@ def test_zip_bomb_and_absurd_labels_are_422(
     assert len(buffer.getvalue()) < 1_000_000  # small on the wire...
     response = upload(client, buffer.getvalue())
     assert response.status_code == 422
-    assert "bytes unpacked, more than the limit" in response.json()["detail"][0]["msg"]
+    assert "unpacks to" in response.json()["detail"][0]["msg"]
     labels = good_arrays() | {"y_train": np.append(np.arange(39) % 4, 10**12)}
     response = upload(client, npz_bytes(labels))
     assert response.status_code == 422
@@ -154,6 +159,37 @@ def test_over_the_size_cap_is_413(
     response = upload(client, npz_bytes(good_arrays()))
     assert response.status_code == 413
     assert "limit of 1000 bytes" in response.json()["detail"][0]["msg"]
+    assert client.get("/datasets").json() == []
+
+
+def bomb(name: str, compression: int, unpacked: int) -> bytes:
+    """A small .npz-shaped zip whose entry `name` unpacks to `unpacked` zero bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        archive.writestr(name, b"\0" * unpacked)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        # np.load also reads an entry named plain "x_train": its size counts too.
+        (bomb("x_train", zipfile.ZIP_DEFLATED, 5_000_000), "unpacks to 5000000 bytes"),
+        (bomb("x_train.npy", zipfile.ZIP_DEFLATED, 5_000_000), "unpacks to 5000000 bytes"),
+        # bzip2 turns a few kilobytes into gigabytes: not a method np.savez writes.
+        (bomb("x_train", zipfile.ZIP_BZIP2, 10_000), "compression method 12"),
+        (bomb("y_test.npy", zipfile.ZIP_LZMA, 10_000), "compression method 14"),
+    ],
+)
+def test_archive_entries_are_checked_before_anything_is_unpacked(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, content: bytes, reason: str
+) -> None:
+    monkeypatch.setenv("TRAINYARD_MAX_DATASET_BYTES", "1000000")
+    get_settings.cache_clear()
+    assert len(content) < 20_000
+    response = upload(client, content)
+    assert response.status_code == 422
+    assert reason in response.json()["detail"][0]["msg"]
     assert client.get("/datasets").json() == []
 
 

@@ -84,7 +84,15 @@ BAD_CASES = {
     ),
     "int_images": (
         _with(x_train=rng.integers(0, 256, (40, 16, 16, 1)).astype(np.int32)),
-        "x_train must be uint8 or float, got dtype int32",
+        "x_train must be uint8, float16, float32 or float64, got dtype int32",
+    ),
+    "float128_images": (
+        _with(x_train=np.zeros((40, 16, 16, 1), dtype=np.longdouble)),
+        "x_train must be uint8, float16, float32 or float64, got dtype float128",
+    ),
+    "uint64_labels": (
+        _with(y_train=(np.arange(40) % 4).astype(np.uint64)),
+        "y_train must not be uint64",
     ),
     "nan_images": (
         _with(x_test=np.full((10, 16, 16, 1), np.nan, dtype=np.float32)),
