@@ -6,7 +6,9 @@ from fastapi.responses import RedirectResponse
 from app import __version__
 from app.api import api_router, errors
 from app.api.body_limit import FORM_OVERHEAD_BYTES, BodyLimit, Limit
-from app.core.config import get_settings
+from app.core.config import get_settings, make_files_private
+
+make_files_private()  # also when served as `uvicorn app.main:app`
 
 app = FastAPI(
     title="Trainyard",

@@ -17,6 +17,7 @@ Steps, done in order:
     exit:CODE             exit at once with CODE
     kill                  SIGKILL itself, as the kernel's OOM killer would
     child                 start a grandchild in our process group that sleeps forever
+    env                   print the TRAINYARD_* and PG* variables it was given on stderr
     ignore-term           ignore SIGTERM from now on, as a stuck trainer (a child started
                           later inherits it); only SIGKILL ends it then
 
@@ -105,6 +106,8 @@ def main() -> int:
         elif name == "epoch":
             epoch = int(value)
             path = Path(args.workdir, "checkpoints", f"epoch-{epoch:04d}").resolve()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"fake checkpoint")  # a file of the trainer's, as the real one
             emit("checkpoint", epoch=epoch, path=str(path))
             emit(
                 "epoch",
@@ -118,6 +121,10 @@ def main() -> int:
                 replicas=replicas,
                 replayed=False,
             )
+        elif name == "env":  # what a trainer is given of the worker's settings
+            for key in sorted(os.environ):
+                if key.startswith(("TRAINYARD_", "PG")):
+                    print(f"env {key}={os.environ[key]}", file=sys.stderr, flush=True)
         elif name == "finished":
             emit("finished", model_path=str(Path(args.workdir, "model.keras").resolve()))
         elif name == "failed":

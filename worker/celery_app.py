@@ -13,11 +13,12 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutting_down
 
-from app.core.config import Settings, get_settings
+from app.core.config import Settings, get_settings, make_files_private
 from app.core.db import get_session_factory
 from worker.broker import make_celery
 from worker.gpus import discover
 
+make_files_private()  # also when started as `celery -A worker.celery_app worker`
 celery = make_celery(get_settings())
 celery.conf.include = ["worker.tasks"]
 

@@ -74,6 +74,21 @@ def trainer_command(settings: Settings, config_path: Path, workdir: Path) -> lis
     ]
 
 
+# The worker's own connection settings, which a trainer never needs: it talks to the
+# supervisor through its pipes only, and may run code paths (a dataset, a library) that
+# should not see a database password.
+_WITHHELD = ("TRAINYARD_", "PGPASSWORD", "PGPASSFILE", "PGSERVICEFILE")
+
+
+def trainer_environment(settings: Settings) -> dict[str, str]:
+    """The worker's environment without its credentials, plus the data directory (where a
+    trainer finds CIFAR-10's archive on an offline host)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(_WITHHELD)}
+    env["TRAINYARD_DATA_DIR"] = str(settings.data_dir)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    return env
+
+
 def _read_lines(stream: IO[str], lines: queue.Queue[object]) -> None:
     for line in stream:
         lines.put(line)
@@ -183,8 +198,7 @@ class JobSupervisor:
         """Write the trainer's config and start it in its own process group."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = trainer_config(self.claim.spec, self.settings)
-        env = {**os.environ, "TRAINYARD_DATA_DIR": str(self.settings.data_dir)}
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+        env = trainer_environment(self.settings)
         devices = self._db(leased_devices, self.settings)  # a read, retried as the writes
         config.update(devices.config)
         env.update(devices.env)

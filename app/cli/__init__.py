@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from app.cli import remote
-from app.core.config import Settings, get_settings
+from app.core.config import Settings, get_settings, make_files_private
 
 cli = typer.Typer(
     help="Trainyard: a REST training-job service for a shared GPU box.",
@@ -208,6 +208,7 @@ remote.register(cli)
 
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    make_files_private()
     cli()
 
 

@@ -153,8 +153,23 @@ class Settings(BaseSettings):
         return self.jobs_dir / str(job_id)
 
     def ensure_dirs(self) -> None:
+        """Create the data directory's folders, private to the account that runs Trainyard
+        (a data directory made by an earlier version is closed too)."""
         for path in (self.data_dir, self.jobs_dir, self.broker_dir, self.datasets_dir / "uploads"):
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
+
+
+# Files and folders Trainyard creates are its account's alone (0600, 0700): the database,
+# logs, models and uploads hold what the API shows only to their owners.
+PRIVATE_UMASK = 0o077
+
+
+def make_files_private() -> None:
+    """Set this process's umask so that what it creates (and what its children, the trainers,
+    create) is private. Called where each process starts: the command, the API app, the
+    Celery app, the trainer."""
+    os.umask(PRIVATE_UMASK)
 
 
 @lru_cache

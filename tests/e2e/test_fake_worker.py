@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -38,9 +39,11 @@ def test_celery_worker_consumes_its_hosts_queue(data_dir: Path, tmp_path: Path) 
     env = service_env(
         data_dir,
         worker_name=name,
-        trainer_command=command("started", "epoch:1", "epoch:2", "finished"),
+        trainer_command=command("started", "env", "epoch:1", "epoch:2", "finished"),
         schedule_seconds="0.2",
+        database_url=settings.database_url,
     )
+    env["PGPASSWORD"] = "not-for-trainers"
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
         worker = subprocess.Popen(
@@ -72,7 +75,16 @@ def test_celery_worker_consumes_its_hosts_queue(data_dir: Path, tmp_path: Path) 
             assert host is not None and host.queue.endswith(f".{name}")
             recorded = session.scalars(select(Epoch.epoch).where(Epoch.job_id == job_id))
             assert sorted(recorded) == [1, 2]
-        assert f"attempt 1 on {name}" in (settings.job_dir(job_id) / "train.log").read_text()
+        log = (settings.job_dir(job_id) / "train.log").read_text()
+        assert f"attempt 1 on {name}" in log
+        # The trainer gets the data directory, not the worker's connection settings.
+        assert f"env TRAINYARD_DATA_DIR={data_dir}" in log
+        assert "TRAINYARD_DATABASE_URL" not in log and "not-for-trainers" not in log
+        # What the worker and its trainer wrote is theirs alone.
+        written = [settings.job_dir(job_id), settings.broker_dir]
+        for path in [p for top in written for p in (top, *top.rglob("*"))]:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
     finally:
         engine.dispose()
         if worker.poll() is None:

@@ -121,6 +121,9 @@ def _watch_stdin() -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m worker.training") -> int:
+    # Checkpoints, models and plots are private to the account that trains (a supervised
+    # trainer inherits the same umask from its worker).
+    os.umask(0o077)
     argv = sys.argv[1:] if argv is None else argv
     reporter: Reporter
     if "--json" in argv:
