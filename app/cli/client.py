@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Any
 
@@ -18,20 +19,35 @@ def default_url() -> str:
     return os.environ.get("TRAINYARD_URL", "http://127.0.0.1:8000")
 
 
-def default_token() -> str | None:
-    """TRAINYARD_TOKEN, else the admin token `trainyard up` wrote on this machine."""
+def is_loopback(url: str) -> bool:
+    """Whether `url` names this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = httpx.URL(url).host
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_token(url: str) -> str | None:
+    """TRAINYARD_TOKEN, else the admin token `trainyard up` wrote on this machine, which is
+    sent only to a service on this machine: never to whatever TRAINYARD_URL names."""
     token = os.environ.get("TRAINYARD_TOKEN")
     if token:
         return token
     token_file = get_settings().data_dir / "admin-token"
-    return token_file.read_text().strip() if token_file.exists() else None
+    if not is_loopback(url) or not token_file.exists():
+        return None
+    return token_file.read_text().strip()
 
 
 class Client:
     def __init__(self, url: str | None = None, token: str | None = None) -> None:
-        token = token or default_token()
+        url = url or default_url()
+        token = token or default_token(url)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=url or default_url(), headers=headers, timeout=30)
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=30)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

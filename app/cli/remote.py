@@ -10,8 +10,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from app.cli.client import ApiError, Client
 from app.core.spec import JobSpec
@@ -34,7 +36,7 @@ def _client(url: str | None, token: str | None) -> Client:
 
 
 def _fail(error: ApiError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {error}")
+    console.print(f"[red]error:[/red] {escape(str(error))}")
     return typer.Exit(1)
 
 
@@ -94,7 +96,7 @@ def follow(client: Client, job: dict[str, Any]) -> dict[str, Any]:
     style = "green" if job["status"] == "succeeded" else "red"
     console.print(f"job {job['id']} [{style}]{job['status']}[/{style}]")
     if job.get("failure_message"):
-        console.print(f"{job['failure_reason']}: {job['failure_message']}")
+        console.print(Text(f"{job['failure_reason']}: {job['failure_message']}"))
     return job
 
 
@@ -115,15 +117,16 @@ def status(
     table = Table("id", "name", "owner", "status", "gpus", "epoch", "val_acc", "waiting / failure")
     for job in page["items"]:
         last = job.get("last_metrics") or {}
+        # Text, not markup: a job named "[/evil]" is shown as it is, not parsed.
         table.add_row(
             str(job["id"]),
-            job["name"] or "",
-            job["owner"] or "",
+            Text(job["name"] or ""),
+            Text(job["owner"] or ""),
             job["status"],
             str(job["spec"]["gpus"]),
             f"{job['current_epoch'] or 0}/{job['spec']['epochs']}",
             f"{last['val_accuracy']:.4f}" if last.get("val_accuracy") is not None else "",
-            job["waiting_reason"] or job["failure_reason"] or "",
+            Text(job["waiting_reason"] or job["failure_reason"] or ""),
         )
     console.print(table)
 
@@ -176,8 +179,9 @@ def gpus(url: UrlOption = None, token: TokenOption = None) -> None:
         raise _fail(error) from error
     table = Table("host", "gpu", "name", "memory MiB", "util %", "state", "job", "user")
     for host in hosts:
-        label = host["name"] + (" (simulated)" if host["simulated"] else "")
-        label += "" if host["alive"] else " [red](down)[/red]"
+        label = Text(host["name"] + (" (simulated)" if host["simulated"] else ""))
+        if not host["alive"]:
+            label.append(" (down)", style="red")
         if not host["gpus"]:
             table.add_row(label, "-", "no GPUs", "", "", "", "", "")
         for gpu in host["gpus"]:
@@ -192,12 +196,12 @@ def gpus(url: UrlOption = None, token: TokenOption = None) -> None:
             table.add_row(
                 label,
                 str(gpu["index"]),
-                gpu["name"],
+                Text(gpu["name"]),
                 memory,
                 "" if gpu["utilization_percent"] is None else str(gpu["utilization_percent"]),
                 state,
                 str(gpu["job_id"] or ""),
-                gpu["user"] or "",
+                Text(gpu["user"] or ""),
             )
     console.print(table)
 
