@@ -1,17 +1,29 @@
-"""A job as the API shows it (`JobOut`), from its row and the rows around it."""
+"""Jobs as the API shows them (`JobOut`), from their rows and the rows around them: a page
+of any length costs the same few queries (owners, leases, last epochs, queue places)."""
 
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
 from app.api.schemas import EpochOut, JobOut
-from app.core.jobs import last_epoch, queue_position
-from app.core.lifecycle import leased_indices
-from app.core.models import Job, JobStatus
+from app.core.jobs import last_epochs, queue_positions
+from app.core.lifecycle import leased_indices_of
+from app.core.models import Epoch, Job, JobStatus
 
 
 def job_view(session: Session, job: Job) -> JobOut:
-    last = last_epoch(session, job.id)
+    return job_views(session, [job])[0]
+
+
+def job_views(session: Session, jobs: list[Job]) -> list[JobOut]:
+    ids = [job.id for job in jobs]
+    leases = leased_indices_of(session, ids)
+    last = last_epochs(session, ids)
+    places = queue_positions(session, [job.id for job in jobs if job.status == JobStatus.queued])
+    return [_view(job, leases[job.id], last.get(job.id), places.get(job.id)) for job in jobs]
+
+
+def _view(job: Job, gpus: list[int], last: Epoch | None, place: int | None) -> JobOut:
     return JobOut(
         id=job.id,
         name=job.name,
@@ -24,13 +36,13 @@ def job_view(session: Session, job: Job) -> JobOut:
         started_at=job.started_at,
         finished_at=job.finished_at,
         host=job.host,
-        gpu_indices=leased_indices(session, job.id),
-        queue_position=queue_position(session, job),
+        gpu_indices=gpus,
+        queue_position=place,
         waiting_reason=job.waiting_reason if job.status == JobStatus.queued else None,
         replicas=job.replicas,
         resolved=job.resolved,
-        current_epoch=last.epoch if last else None,
-        last_metrics=EpochOut.model_validate(last) if last else None,
+        current_epoch=last.epoch if last is not None else None,
+        last_metrics=EpochOut.model_validate(last) if last is not None else None,
         cancel_requested=job.cancel_requested_at is not None,
         failure_reason=job.failure_reason,
         failure_message=job.failure_message,

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from app.api.auth import UNAUTHORIZED, CurrentUser, current_user, require_owner_or_admin
 from app.api.datasets import field_error
 from app.api.deps import DecimalDigits, SessionDep
-from app.api.job_view import job_view
+from app.api.job_view import job_view, job_views
 from app.api.schemas import EpochOut, JobOut, JobPage
 from app.core import jobs as job_queries
 from app.core import lifecycle
@@ -122,7 +122,7 @@ def list_jobs(
 ) -> JobPage:
     """List jobs, newest first, optionally only those in one status."""
     jobs, total = job_queries.list_jobs(session, status_filter, limit, offset)
-    items = [job_view(session, job) for job in jobs]
+    items = job_views(session, jobs)
     return JobPage(items=items, total=total, limit=limit, offset=offset)
 
 

@@ -3,8 +3,8 @@ app/core/lifecycle.py."""
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, UnaryExpression, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import UnaryExpression, func, select
+from sqlalchemy.orm import Session, selectinload
 
 from app.core.models import Epoch, Job, JobStatus, User
 
@@ -19,19 +19,32 @@ def queued_in_order(session: Session) -> list[Job]:
     )
 
 
-def _ahead_of(job: Job) -> ColumnElement[bool]:
-    """Queued jobs that QUEUE_ORDER puts before `job`."""
-    return (Job.priority > job.priority) | ((Job.priority == job.priority) & (Job.id < job.id))
+def queue_positions(session: Session, job_ids: list[int]) -> dict[int, int]:
+    """1-based places in the queue of those of `job_ids` that are queued, in one query."""
+    if not job_ids:
+        return {}
+    place = func.row_number().over(order_by=QUEUE_ORDER).label("place")
+    ranked = select(Job.id, place).where(Job.status == JobStatus.queued).subquery()
+    rows = session.execute(select(ranked.c.id, ranked.c.place).where(ranked.c.id.in_(job_ids)))
+    return {int(job_id): int(position) for job_id, position in rows}
 
 
-def queue_position(session: Session, job: Job) -> int | None:
-    """1-based place among the jobs waiting for a placement; None once placed."""
-    if job.status != JobStatus.queued:
-        return None
-    ahead = session.scalar(
-        select(func.count()).select_from(Job).where(Job.status == JobStatus.queued, _ahead_of(job))
+def last_epochs(session: Session, job_ids: list[int]) -> dict[int, Epoch]:
+    """The last recorded epoch of each of `job_ids` that has one, in one query."""
+    if not job_ids:
+        return {}
+    newest = (
+        select(Epoch.job_id, func.max(Epoch.epoch).label("epoch"))
+        .where(Epoch.job_id.in_(job_ids))
+        .group_by(Epoch.job_id)
+        .subquery()
     )
-    return int(ahead or 0) + 1
+    rows = session.scalars(
+        select(Epoch).join(
+            newest, (Epoch.job_id == newest.c.job_id) & (Epoch.epoch == newest.c.epoch)
+        )
+    )
+    return {row.job_id: row for row in rows}
 
 
 def job_for_key(session: Session, owner: User, idempotency_key: str) -> Job | None:
@@ -51,15 +64,10 @@ def list_jobs(
     if status is not None:
         query = query.where(Job.status == status)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    jobs = session.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset)).all()
+    page = query.options(selectinload(Job.owner)).order_by(Job.id.desc())
+    jobs = session.scalars(page.limit(limit).offset(offset)).all()
     return list(jobs), total
 
 
 def list_epochs(session: Session, job_id: int) -> list[Epoch]:
     return list(session.scalars(select(Epoch).where(Epoch.job_id == job_id).order_by(Epoch.epoch)))
-
-
-def last_epoch(session: Session, job_id: int) -> Epoch | None:
-    return session.scalar(
-        select(Epoch).where(Epoch.job_id == job_id).order_by(Epoch.epoch.desc()).limit(1)
-    )

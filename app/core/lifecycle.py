@@ -274,6 +274,20 @@ def leased_indices(session: Session, job_id: int, attempt: int | None = None) ->
     return list(session.scalars(query.order_by(GpuLease.gpu_index)))
 
 
+def leased_indices_of(session: Session, job_ids: list[int]) -> dict[int, list[int]]:
+    """GPU indices each of `job_ids` holds now, in one query."""
+    held: dict[int, list[int]] = {job_id: [] for job_id in job_ids}
+    if job_ids:
+        rows = session.execute(
+            select(GpuLease.job_id, GpuLease.gpu_index)
+            .where(GpuLease.job_id.in_(job_ids), GpuLease.released_at.is_(None))
+            .order_by(GpuLease.gpu_index)
+        )
+        for job_id, index in rows:
+            held[job_id].append(index)
+    return held
+
+
 def _release_leases(session: Session, job_id: int) -> None:
     session.execute(
         update(GpuLease)
