@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import threading
@@ -278,17 +279,24 @@ class JobSupervisor:
                 "job %s attempt %s: the job moved on; run dropped", job_id, self.claim.attempt
             )
             return
-        if outcome.cancelled:
-            message = f"cancelled on request after epoch {outcome.last_epoch}"
-            self._db(lifecycle.finish, JobStatus.cancelled, FailureReason.cancelled, message)
-        elif outcome.stopped_for_shutdown:
+        if outcome.stopped_for_shutdown:
             if self._db(lifecycle.requeue):
                 log.info("job %s requeued: worker shutting down", job_id)
+            return
+        if outcome.cancelled:
+            message = f"cancelled on request after epoch {outcome.last_epoch}"
+            ended = self._db(
+                lifecycle.finish, JobStatus.cancelled, FailureReason.cancelled, message
+            )
         elif outcome.finished and returncode == 0:
-            self._db(lifecycle.finish, JobStatus.succeeded)
+            ended = self._db(lifecycle.finish, JobStatus.succeeded)
         else:
             reason, message = self._failure(returncode)
-            self._db(lifecycle.finish, JobStatus.failed, reason, message)
+            ended = self._db(lifecycle.finish, JobStatus.failed, reason, message)
+        if ended and not self.claim.spec.get("keep_checkpoints"):
+            # An ended job never resumes: its checkpoints (tens of MB each) would only fill
+            # the disk. The model, metrics and log stay.
+            shutil.rmtree(self.workdir / "checkpoints", ignore_errors=True)
 
     def _failure(self, returncode: int | None) -> tuple[FailureReason, str]:
         tail = tail_lines(self.log_path, self.settings.log_tail_lines).rstrip()

@@ -172,6 +172,11 @@ class JobSpec(TrainingSpec):
         description="Higher starts first; equal priorities start in submission order. Only "
         "admins may set it above 0.",
     )
+    keep_checkpoints: bool = Field(
+        default=False,
+        description="Keep the per-epoch checkpoints once the job has ended; by default they "
+        "are removed then (the model, metrics and log are kept).",
+    )
 
 
 def resolve_bn_momentum(spec: TrainingSpec, train_images: int) -> float:

@@ -78,6 +78,7 @@ def test_submit_returns_the_stored_job_with_defaults(client: TestClient) -> None
         "lr_scaling": "none",
         "mixed_precision": "auto",
         "priority": 0,
+        "keep_checkpoints": False,
         "seed": None,
     }
     assert datetime.fromisoformat(job["created_at"]).tzinfo is not None

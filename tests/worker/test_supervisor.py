@@ -150,11 +150,11 @@ def settings_for(*steps: str, **update: Any) -> Settings:
     )
 
 
-def placed_job(owner: User, gpus: int = 2) -> int:
+def placed_job(owner: User, gpus: int = 2, **spec_fields: Any) -> int:
     """Submit a job and place it on HOST (2 simulated GPUs) as a scheduling pass does."""
     register_test_host(HOST, gpus=2)
     with get_session_factory()() as session:
-        spec = JobSpec(dataset="synthetic", epochs=2, gpus=gpus)
+        spec = JobSpec(dataset="synthetic", epochs=2, gpus=gpus, **spec_fields)
         job_id = lifecycle.submit(session, spec, owner).id
         placed = schedule(session, get_settings())
     assert [(p.job_id, p.host, len(p.gpu_indices)) for p in placed] == [(job_id, HOST, gpus)]
@@ -224,6 +224,17 @@ def test_finished_run_succeeds_with_each_epoch_once_and_what_it_resolved(
     assert leases(job_id) == [(0, False), (1, False)]
     log = (settings.job_dir(job_id) / "train.log").read_text()
     assert f"=== attempt 1 on {HOST} at " in log
+    # The job has ended: its checkpoints go, its log stays.
+    assert not (settings.job_dir(job_id) / "checkpoints").exists()
+
+
+def test_checkpoints_are_kept_when_the_spec_asks(owner: User, runs: Runs) -> None:
+    job_id = placed_job(owner, gpus=1, keep_checkpoints=True)
+    settings = settings_for("started", "epoch:1", "epoch:2", "failed:nan_loss", "exit:3")
+    runs.start(settings, job_id).result(timeout=20)
+    assert job(job_id).status == JobStatus.failed
+    kept = sorted(p.name for p in (settings.job_dir(job_id) / "checkpoints").iterdir())
+    assert kept == ["epoch-0001", "epoch-0002"]
 
 
 LOG_TAIL = "--- last lines of train.log ---"
@@ -407,6 +418,8 @@ def test_shutdown_requeues_the_job_without_counting_a_lost_run(owner: User, runs
     assert (requeued.attempt, requeued.lost_runs) == (1, 0)
     assert leases(job_id) == [(0, False), (1, False)]
     assert epochs(job_id) == [(1, 1, 1.0)]  # kept for the next run to resume after
+    checkpoints = get_settings().job_dir(job_id) / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == ["epoch-0001"]  # and so is its checkpoint
     with get_session_factory()() as session:  # and it can be placed again at once
         assert [p.job_id for p in schedule(session, get_settings())] == [job_id]
 
