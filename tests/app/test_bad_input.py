@@ -129,15 +129,9 @@ def test_a_streamed_body_without_length_is_cut_off_at_the_limit(client: TestClie
     assert stored() == (0, 0)
 
 
-def test_an_upload_over_the_limit_is_cut_off_while_it_streams(
-    tokens: dict[str, str], db: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Driven at the ASGI level, as a server feeds a slow client's body in chunks: the API
-    stops reading soon after the limit, and keeps nothing."""
-    monkeypatch.setenv("TRAINYARD_MAX_DATASET_BYTES", "100000")
-    get_settings.cache_clear()
-    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.npz"\r\n\r\n'
-    chunks = [head, *[b"x" * 65536] * 256]  # 16 MiB offered
+def drive(headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> tuple[list[Any], int]:
+    """POST /datasets straight through the ASGI app, the body fed in `chunks` as a server
+    feeds a slow client's; returns the messages sent back and how many chunks were read."""
     pulled = 0
     sent: list[dict[str, Any]] = []
 
@@ -163,15 +157,40 @@ def test_an_upload_over_the_limit_is_cut_off_while_it_streams(
         "headers": [
             (b"host", b"testserver"),
             (b"content-type", b"multipart/form-data; boundary=b"),
-            (b"authorization", f"Bearer {tokens['root']}".encode()),
+            (b"transfer-encoding", b"chunked"),
+            *headers,
         ],
         "client": ("127.0.0.1", 1),
         "server": ("testserver", 80),
     }
     asyncio.run(app(scope, receive, send))
+    return sent, pulled
+
+
+FORM_HEAD = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.npz"\r\n\r\n'
+
+
+def test_an_upload_over_the_limit_is_cut_off_while_it_streams(
+    tokens: dict[str, str], db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRAINYARD_MAX_DATASET_BYTES", "100000")
+    get_settings.cache_clear()
+    chunks = [FORM_HEAD, *[b"x" * 65536] * 256]  # 16 MiB offered
+    sent, pulled = drive([(b"authorization", f"Bearer {tokens['root']}".encode())], chunks)
     assert sent[0]["status"] == 413
     assert b"TRAINYARD_MAX_DATASET_BYTES" in b"".join(m.get("body", b"") for m in sent[1:])
     # The limit (100 kB + 64 KiB for the form around the file) falls in the 3rd data chunk.
     assert pulled <= 5, f"read {pulled} of {len(chunks)} chunks"
     assert stored() == (0, 0)
     assert list((db / "datasets" / "uploads").iterdir()) == []
+
+
+@pytest.mark.parametrize("authorization", [None, b"Bearer ty_not_a_token", b"Basic eDp5"])
+def test_an_upload_without_a_valid_token_is_refused_before_its_body_is_read(
+    db: Path, authorization: bytes | None
+) -> None:
+    headers = [(b"authorization", authorization)] if authorization else []
+    sent, pulled = drive(headers, [FORM_HEAD, *[b"x" * 65536] * 64])
+    assert sent[0]["status"] == 401
+    assert pulled == 0
+    assert stored() == (0, 0)
