@@ -49,6 +49,10 @@ def upload_dataset(
     fallback = clip((file.filename or "").replace("\x00", ""), 200) or "dataset.npz"
     try:
         dataset = dataset_queries.store_upload(session, settings, name or fallback, file.file)
+    except dataset_queries.ValidationsBusy as error:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS, str(error), headers={"Retry-After": "5"}
+        ) from error
     except dataset_queries.TooLarge as error:
         raise field_error("file", str(error), status.HTTP_413_CONTENT_TOO_LARGE) from error
     except DatasetError as error:

@@ -11,6 +11,7 @@ from app.api.auth import UNAUTHORIZED, CurrentUser, current_user, require_owner_
 from app.api.datasets import field_error
 from app.api.deps import DecimalDigits, SessionDep
 from app.api.job_view import job_view, job_views
+from app.api.rate_limit import submissions
 from app.api.schemas import EpochOut, JobOut, JobPage
 from app.core import jobs as job_queries
 from app.core import lifecycle
@@ -50,7 +51,10 @@ def _job_or_404(session: SessionDep, job_id: int) -> Job:
     response_model=JobOut,
     responses={
         403: {"description": "priority above 0 without being an admin."},
-        429: {"description": "Over the per-user limit of queued + running jobs."},
+        429: {
+            "description": "Over the per-user limit of active jobs or of submissions per "
+            "minute (with Retry-After)."
+        },
     },
 )
 def submit_job(
@@ -72,11 +76,19 @@ def submit_job(
         earlier = job_queries.job_for_key(session, user, idempotency_key)
         if earlier is not None:
             return _replay(session, earlier, spec, response)
+    settings = get_settings()
+    rate = settings.submit_rate_per_minute
+    if rate and (wait := submissions.admit(user.id, rate)) is not None:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"{user.name} submitted {rate} jobs in the last minute, the limit "
+            f"(TRAINYARD_SUBMIT_RATE_PER_MINUTE); retry in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
     if spec.priority > 0 and not user.is_admin:
         raise field_error("priority", "only admins may set priority above 0", 403)
     if isinstance(spec.dataset, int) and get_dataset(session, spec.dataset) is None:
         raise field_error("dataset", f"no uploaded dataset with id {spec.dataset}")
-    settings = get_settings()
     hosts = live_hosts(session, settings, utcnow())
     if spec.gpus and (why := too_few_gpus(hosts, spec.gpus)):
         raise field_error("gpus", f"no host can ever run this job: {why}")

@@ -98,6 +98,19 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between SIGTERM and SIGKILL when a run is cancelled or stopped.",
     )
+    max_concurrent_uploads: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Uploads one API process checks at once (each loads its arrays); more "
+        "get 429 and are sent again.",
+    )
+    submit_rate_per_minute: int = Field(
+        default=120,
+        ge=0,
+        description="Job submissions one user may make per minute (per API process; over it: "
+        "429 with Retry-After); 0: no limit.",
+    )
     max_body_bytes: int = Field(
         default=1024 * 1024,
         ge=1024,

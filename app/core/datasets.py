@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,12 +20,42 @@ class TooLarge(ValueError):
     """The upload is over `Settings.max_dataset_bytes`."""
 
 
+class ValidationsBusy(Exception):
+    """Settings.max_concurrent_uploads uploads are being checked already; retry shortly."""
+
+
+# Checking an upload loads its arrays (up to max_dataset_bytes in memory): at most
+# Settings.max_concurrent_uploads at once per API process, so memory stays bounded.
+_slots: dict[int, threading.BoundedSemaphore] = {}
+_slots_lock = threading.Lock()
+
+
+def validation_slots(settings: Settings) -> threading.BoundedSemaphore:
+    with _slots_lock:
+        limit = settings.max_concurrent_uploads
+        return _slots.setdefault(limit, threading.BoundedSemaphore(limit))
+
+
 def store_upload(session: Session, settings: Settings, name: str, upload: BinaryIO) -> Dataset:
-    """Copy `upload` aside, validate it (DatasetError, TooLarge), then record and keep it.
+    """Copy `upload` aside, validate it (DatasetError, TooLarge, ValidationsBusy), then
+    record and keep it.
 
     The file is staged and checked before the database is touched, and moved into place by
     a rename, so the write transaction (SQLite's one lock) is held only for an instant.
     """
+    slots = validation_slots(settings)
+    if not slots.acquire(blocking=False):
+        raise ValidationsBusy(
+            f"{settings.max_concurrent_uploads} uploads are being checked already "
+            "(TRAINYARD_MAX_CONCURRENT_UPLOADS); send it again shortly"
+        )
+    try:
+        return _store(session, settings, name, upload)
+    finally:
+        slots.release()
+
+
+def _store(session: Session, settings: Settings, name: str, upload: BinaryIO) -> Dataset:
     settings.ensure_dirs()
     limit = settings.max_dataset_bytes
     handle, staged_name = tempfile.mkstemp(dir=settings.datasets_dir / "uploads", suffix=".part")
