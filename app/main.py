@@ -1,7 +1,7 @@
 """The FastAPI application. Importing it must never import TensorFlow."""
 
-from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
+from fastapi_offline import FastAPIOffline
 
 from app import __version__
 from app.api import api_router, errors
@@ -11,7 +11,9 @@ from app.core.config import get_settings, make_files_private
 
 make_files_private()  # also when served as `uvicorn app.main:app`
 
-app = FastAPI(
+# /docs and /redoc with their scripts served by the app itself, not a CDN: they work on an
+# air-gapped lab network.
+app = FastAPIOffline(
     title="Trainyard",
     version=__version__,
     description="Submit TensorFlow training jobs, follow every epoch, fetch plots and models.",

@@ -61,3 +61,27 @@ def test_a_wrong_command_is_caught() -> None:
         check_trainyard_command(["trainyard", "serve"])
     with pytest.raises(AssertionError, match="listen"):
         check_trainyard_command(["trainyard", "api", "--listen", "0.0.0.0"])
+
+
+def test_compose_takes_the_database_password_from_env_and_ships_none() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    services = compose()["services"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith(
+        "${POSTGRES_PASSWORD:?"
+    )
+    url = services["api"]["environment"]["TRAINYARD_DATABASE_URL"]
+    assert ":${POSTGRES_PASSWORD:?" in url
+    assert "trainyard:trainyard@" not in text
+    example = (ROOT / ".env.example").read_text()
+    assert re.search(r"^POSTGRES_PASSWORD=\S+", example, flags=re.MULTILINE)
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    # The API listens on this host only; a TLS proxy in front serves the network.
+    assert services["api"]["ports"] == ["127.0.0.1:8000:8000"]
+
+
+def test_the_images_run_as_a_user_not_root() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    for stage in ("api", "worker"):
+        body = text.split(f"AS {stage}")[1].split("FROM ")[0]
+        users = re.findall(r"^USER (\S+)$", body, flags=re.MULTILINE)
+        assert users and users[-1] not in ("root", "0"), stage

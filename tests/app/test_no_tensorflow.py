@@ -53,3 +53,20 @@ def test_api_application_loads_no_worker_module(tmp_path: object) -> None:
         env={"TRAINYARD_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
     )
     assert result.stdout.strip() == "", f"loaded: {result.stdout.strip()}"
+
+
+def test_api_docs_load_nothing_from_another_host() -> None:
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from app.main import app
+
+    client = TestClient(app)
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), html
+        assets = re.findall(r"""(?:src|href)=["']?(/[^"' >]+)""", html)
+        assert any(asset.endswith(".js") for asset in assets), html
+        for asset in assets:
+            assert client.get(asset).status_code == 200, asset
