@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -22,11 +23,15 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 SMALL_JOB = {"dataset": "synthetic", "epochs": 3, "gpus": 0, "mixed_precision": "bfloat16"}
 
 
-def job_succeeds_with_every_epoch_once(client: httpx.Client) -> int:
-    response = client.post("/jobs", json=SMALL_JOB)
+def job_succeeds_with_every_epoch_once(
+    client: httpx.Client, spec: dict[str, Any] = SMALL_JOB
+) -> dict[str, Any]:
+    """Submit `spec` (3 epochs, on the CPU) and check everything a finished job offers;
+    returns the finished job."""
+    response = client.post("/jobs", json=spec)
     assert response.status_code == 201, response.text
     job_id = response.json()["id"]
-    job = wait_for(client, job_id, lambda j: j["status"] in TERMINAL, timeout=240)
+    job: dict[str, Any] = wait_for(client, job_id, lambda j: j["status"] in TERMINAL, timeout=300)
     assert job["status"] == "succeeded", job
     assert job["attempt"] == 1
     assert job["current_epoch"] == 3
@@ -38,13 +43,13 @@ def job_succeeds_with_every_epoch_once(client: httpx.Client) -> int:
             assert record[name] is not None, (name, record)
     # The seed's linear decay: each epoch's LR below the one before.
     lrs = [m["lr"] for m in metrics]
-    assert lrs == sorted(lrs, reverse=True) and lrs[0] == SMALL_JOB.get("lr", 0.005)
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] == spec.get("lr", 0.005)
     plot = client.get(f"/jobs/{job_id}/plot.png")
     assert plot.content.startswith(b"\x89PNG")
     model = client.get(f"/jobs/{job_id}/model")
     assert model.status_code == 200 and len(model.content) > 1_000_000
     assert "attempt 1" in client.get(f"/jobs/{job_id}/logs").text
-    return job_id
+    return job
 
 
 def running_job_cancels_within_seconds(client: httpx.Client, data_dir: Path) -> None:
@@ -128,11 +133,10 @@ def readme_first_job() -> dict[str, object]:
 
 def readme_first_job_learns(client: httpx.Client) -> None:
     """A new user's first job, exactly as the README shows it (a seed fixed for
-    repeatability), learns visibly: the default bn_momentum "auto" resolves to 0.9 on digits."""
+    repeatability), succeeds with everything a job offers and learns visibly: the default
+    bn_momentum "auto" resolves to 0.9 on digits."""
     spec = readme_first_job()
     assert spec["dataset"] == "digits" and "bn_momentum" not in spec, spec
-    job_id = client.post("/jobs", json={**spec, "seed": 1}).json()["id"]
-    job = wait_for(client, job_id, lambda j: j["status"] in TERMINAL, timeout=300)
-    assert job["status"] == "succeeded", job
+    job = job_succeeds_with_every_epoch_once(client, {**spec, "seed": 1})
     assert job["resolved"]["bn_momentum"] == 0.9
     assert job["last_metrics"]["val_accuracy"] >= 0.5, job["last_metrics"]
