@@ -7,12 +7,13 @@ was parsed and validated; an upload was written out whole before its size was ch
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import NamedTuple
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.errors import refuse_early
 
 # Room for a multipart form's boundaries and its other fields, around the uploaded file.
 FORM_OVERHEAD_BYTES = 64 * 1024
@@ -43,7 +44,7 @@ class BodyLimit:
         limit = self.limit_for(headers.get(b"content-type", b"").decode("latin-1"))
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit.bytes:
-            await _refuse(send, limit)
+            await refuse_early(send, 413, limit.message)
             return
         received = 0
 
@@ -58,19 +59,3 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted, send)
-
-
-async def _refuse(send: Send, limit: Limit) -> None:
-    body = json.dumps({"detail": limit.message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -4,11 +4,10 @@ the body before it resolves the route's dependencies, the token check among them
 
 from __future__ import annotations
 
-import json
-
 from anyio import to_thread
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.errors import refuse_early
 from app.core.db import get_session_factory
 from app.core.users import user_for_token
 
@@ -39,20 +38,7 @@ class AuthenticateBeforeBody:
         else:
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"detail": detail}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", challenge.encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await refuse_early(send, 401, detail, {"WWW-Authenticate": challenge})
 
 
 def _has_body(scope: Scope) -> bool:

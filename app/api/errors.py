@@ -7,12 +7,14 @@ parser accepts) cannot be encoded at all, so the client got a 500 instead of the
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import Send
 
 # How much of an offending value a 422 repeats (enough to recognise it), and of a message.
 ECHO_CHARS = 80
@@ -58,6 +60,28 @@ async def validation_error(_request: Request, error: Exception) -> JSONResponse:
     if not isinstance(error, RequestValidationError):  # registered for exactly this type
         raise error
     return JSONResponse({"detail": describe_errors(error.errors())}, status_code=422)
+
+
+async def refuse_early(
+    send: Send, status: int, detail: str, headers: dict[str, str] | None = None
+) -> None:
+    """Answer `{"detail": ...}` from ASGI middleware, before the app has read the request
+    (its body is left unread, so the connection is closed after the answer)."""
+    body = json.dumps({"detail": detail}).encode()
+    extra = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def install(app: FastAPI) -> None:
