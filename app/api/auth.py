@@ -15,6 +15,10 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing, invalid or revoked bearer token."}
 }
 
+# (detail, WWW-Authenticate) of the two 401s; app/api/early_auth.py gives the same answers.
+MISSING_TOKEN = ("missing bearer token: send 'Authorization: Bearer <token>'", "Bearer")
+INVALID_TOKEN = ("invalid or revoked token", 'Bearer error="invalid_token"')
+
 bearer = HTTPBearer(auto_error=False, description="A token from `trainyard user add`.")
 
 
@@ -23,19 +27,17 @@ def current_user(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> User:
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing bearer token: send 'Authorization: Bearer <token>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _unauthorized(*MISSING_TOKEN)
     user = user_for_token(session, credentials.credentials)
     if user is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "invalid or revoked token",
-            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-        )
+        raise _unauthorized(*INVALID_TOKEN)
     return user
+
+
+def _unauthorized(detail: str, challenge: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": challenge}
+    )
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

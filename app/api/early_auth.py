@@ -7,6 +7,7 @@ from __future__ import annotations
 from anyio import to_thread
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.auth import INVALID_TOKEN, MISSING_TOKEN
 from app.api.errors import refuse_early
 from app.core.db import get_session_factory
 from app.core.users import user_for_token
@@ -22,26 +23,22 @@ class AuthenticateBeforeBody:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _has_body(scope):
+        headers = dict(scope.get("headers", ()))
+        if scope["type"] != "http" or not _has_body(headers):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        # The same answers as the route's own check (app/api/auth.py), before the body.
         if scheme.lower() != "bearer" or not token.strip():
-            # The same answers as the route's own check (app/api/auth.py), before the body.
-            detail, challenge = (
-                "missing bearer token: send 'Authorization: Bearer <token>'",
-                "Bearer",
-            )
+            detail, challenge = MISSING_TOKEN
         elif not await to_thread.run_sync(_token_is_valid, token.strip()):
-            detail, challenge = "invalid or revoked token", 'Bearer error="invalid_token"'
+            detail, challenge = INVALID_TOKEN
         else:
             await self.app(scope, receive, send)
             return
         await refuse_early(send, 401, detail, {"WWW-Authenticate": challenge})
 
 
-def _has_body(scope: Scope) -> bool:
-    headers = dict(scope["headers"])
+def _has_body(headers: dict[bytes, bytes]) -> bool:
     length = headers.get(b"content-length", b"0")
     return headers.get(b"transfer-encoding") is not None or (length.isdigit() and int(length) > 0)

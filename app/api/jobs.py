@@ -100,7 +100,7 @@ def submit_job(
     except lifecycle.ActiveJobLimit as limit:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            f"{user.name} has {limit.limit} queued or running jobs, the limit "
+            f"{user.name} has {limit.limit} queued, placed or running jobs, the limit "
             "(TRAINYARD_MAX_ACTIVE_JOBS_PER_USER); submit again when one ends",
         ) from limit
     if job.spec != spec.model_dump():  # a concurrent request with this key won the race

@@ -46,11 +46,11 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker that trains the jobs it is sent (one per GPU host)."""
-    from worker.celery_app import celery, default_concurrency
+    from worker.celery_app import celery
     from worker.inventory import host_queue
 
     settings = get_settings()
-    threads = concurrency or default_concurrency(settings)
+    threads = concurrency or celery.conf.worker_concurrency  # sized when the app was made
     celery.worker_main(
         [
             "worker",

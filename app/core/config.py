@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     max_active_jobs_per_user: int = Field(
         default=100,
         ge=0,
-        description="Queued + running jobs per user (over it: 429); 0: no limit. The default "
-        "keeps one script from filling a shared box's queue.",
+        description="Queued, placed and running jobs per user (over it: 429); 0: no limit. "
+        "The default keeps one script from filling a shared box's queue.",
     )
     heartbeat_seconds: float = Field(
         default=2.0, gt=0, description="How often a worker reports its host and GPUs."

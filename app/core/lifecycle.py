@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.db import rows_changed
+from app.core.jobs import job_for_key
 from app.core.models import (
     ACTIVE_STATUSES,
     FailureReason,
@@ -70,7 +71,7 @@ class ActiveJobLimit(Exception):
     """The owner already has `limit` queued, placed or running jobs."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(f"already {limit} queued or running jobs, the limit")
+        super().__init__(f"already {limit} queued, placed or running jobs, the limit")
         self.limit = limit
 
 
@@ -114,13 +115,7 @@ def submit(
         session.commit()
     except IntegrityError:
         session.rollback()
-        earlier = (
-            session.scalar(
-                select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key)
-            )
-            if idempotency_key
-            else None
-        )
+        earlier = job_for_key(session, owner, idempotency_key) if idempotency_key else None
         if earlier is None:
             raise
         return earlier

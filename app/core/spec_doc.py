@@ -1,4 +1,5 @@
-"""The README's job-spec table, generated from the spec itself (a test keeps them equal).
+"""What each job-spec field accepts, in words: the README's spec table (a test keeps it equal
+to the spec) and the flags' help (app/core/spec_flags.py) both come from here.
 
 python -m app.core.spec_doc            # print the table
 python -m app.core.spec_doc README.md  # rewrite the table between its markers
@@ -28,26 +29,32 @@ def markdown_table() -> str:
     rows = ["| field | default | allowed | meaning |", "| --- | --- | --- | --- |"]
     for name, info in JobSpec.model_fields.items():
         description = (info.description or "").replace("|", "\\|")
-        rows.append(f"| `{name}` | {_value(info.default)} | {allowed(info)} | {description} |")
+        rows.append(f"| `{name}` | {shown_value(info.default)} | {allowed(info)} | {description} |")
     return "\n".join(rows)
 
 
 def allowed(info: FieldInfo) -> str:
     """What a field accepts, from its type and bounds: `"a"`, `"b"`; 1..1000; > 0, ≤ 10."""
-    members = _members(info.annotation, list(info.metadata))
-    return " or ".join(_member_text(annotation, metadata) for annotation, metadata in members)
+    alternatives = members(info.annotation, list(info.metadata))
+    return " or ".join(_member_text(annotation, metadata) for annotation, metadata in alternatives)
 
 
-def _members(annotation: Any, metadata: list[Any]) -> list[tuple[Any, list[Any]]]:
+def members(
+    annotation: Any, metadata: list[Any] | None = None, hidden: bool = False
+) -> list[tuple[Any, list[Any]]]:
+    """The alternatives of a field's type, each with its constraints (ge, le, max_length...):
+    unions flattened, Annotated unwrapped, NoneType as None. Alternatives the API does not
+    offer (SkipJsonSchema: the trainer's local .npz path) only with `hidden`."""
+    metadata = metadata or []
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         inner, *extra = typing.get_args(annotation)
-        if any(isinstance(item, _SKIPPED) for item in extra):
-            return []  # not offered by the API (the trainer's local .npz path)
+        if not hidden and any(isinstance(item, _SKIPPED) for item in extra):
+            return []
         constraints = [m for item in extra for m in getattr(item, "metadata", [item])]
-        return _members(inner, metadata + constraints)
+        return members(inner, metadata + constraints, hidden)
     if origin is typing.Union or origin is types.UnionType:
-        return [m for arg in typing.get_args(annotation) for m in _members(arg, metadata)]
+        return [m for arg in typing.get_args(annotation) for m in members(arg, metadata, hidden)]
     if annotation is type(None):
         return [(None, [])]
     return [(annotation, metadata)]
@@ -57,7 +64,7 @@ def _member_text(annotation: Any, metadata: list[Any]) -> str:
     if annotation is None:
         return "none"
     if typing.get_origin(annotation) is Literal:
-        return ", ".join(_value(choice) for choice in typing.get_args(annotation))
+        return ", ".join(shown_value(choice) for choice in typing.get_args(annotation))
     if annotation is bool:
         return "true, false"
     bounds = {
@@ -81,7 +88,7 @@ def _number(value: Any) -> str:
     return str(value)
 
 
-def _value(value: Any) -> str:
+def shown_value(value: Any) -> str:
     if value is None:
         return "none"
     if isinstance(value, bool):

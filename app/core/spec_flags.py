@@ -1,21 +1,22 @@
 """Command-line flags derived from the job spec: `--epochs`, `--batch-size`, `--no-augment`, ...
 
 `trainyard train` adds the TrainingSpec's flags and `trainyard submit` the JobSpec's, so both
-follow the spec as it is, with its descriptions as help. Flags only parse text into the
-field's JSON type; the bounds are checked where the spec is validated (the trainer, or the
-API), so there is one place that says what is allowed. Standard library and the spec only.
+follow the spec as it is, with its descriptions, defaults and allowed values (as the README
+states them: app/core/spec_doc.py) as help. Flags only parse text into the field's JSON
+type; the bounds are checked where the spec is validated (the trainer, or the API), so there
+is one place that says what is allowed.
 """
 
 from __future__ import annotations
 
 import argparse
-import types
 import typing
 from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from pydantic.fields import FieldInfo
+
+from app.core.spec_doc import allowed, members, shown_value
 
 
 def flag_name(field: str) -> str:
@@ -33,7 +34,8 @@ def add_spec_flags(
     short = short or {}
     for name, info in spec.model_fields.items():
         names = [short[name], flag_name(name)] if name in short else [flag_name(name)]
-        help_text = f"{info.description} (default: {_shown(info.default)}{_bounds(info)})"
+        default, accepted = shown_value(info.default), allowed(info)
+        help_text = f"{info.description} (default: {default}; allowed: {accepted})"
         help_text = help_text.replace("%", "%%")
         if info.annotation is bool:
             parser.add_argument(
@@ -63,13 +65,8 @@ def spec_values(namespace: argparse.Namespace, spec: type[BaseModel]) -> dict[st
 
 
 def _members(annotation: Any) -> list[Any]:
-    """The alternatives of a union annotation (Annotated wrappers removed), or itself."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _members(typing.get_args(annotation)[0])
-    if origin is typing.Union or origin is types.UnionType:
-        return [m for arg in typing.get_args(annotation) for m in _members(arg)]
-    return [annotation]
+    """The alternatives of a field's type a flag may take (the local .npz path included)."""
+    return [member for member, _ in members(annotation, hidden=True) if member is not None]
 
 
 def _literal_choices(annotation: Any) -> list[str]:
@@ -82,13 +79,13 @@ def _literal_choices(annotation: Any) -> list[str]:
 def _parser_for(name: str, annotation: Any) -> Callable[[str], Any]:
     """Text -> the first alternative of the field's type that reads it: a literal word, an
     int, a float, else the text itself (when the field takes strings)."""
-    members = [m for m in _members(annotation) if m is not type(None)]
+    alternatives = _members(annotation)
 
     def parse(text: str) -> Any:
-        for member in members:
+        for member in alternatives:
             if typing.get_origin(member) is Literal and text in map(str, typing.get_args(member)):
                 return text
-        for member in members:
+        for member in alternatives:
             try:
                 if member is int:
                     return int(text)
@@ -101,7 +98,7 @@ def _parser_for(name: str, annotation: Any) -> Callable[[str], Any]:
         raise ValueError(text)
 
     # argparse names the type in its message: "argument --epochs: invalid int value: 'x'".
-    parse.__name__ = "|".join(_type_word(m) for m in members)
+    parse.__name__ = "|".join(_type_word(m) for m in alternatives)
     return parse
 
 
@@ -109,17 +106,3 @@ def _type_word(member: Any) -> str:
     if typing.get_origin(member) is Literal:
         return "|".join(map(str, typing.get_args(member)))
     return getattr(member, "__name__", str(member))
-
-
-def _shown(value: Any) -> str:
-    return "none" if value is None else str(value)
-
-
-def _bounds(info: FieldInfo) -> str:
-    marks = []
-    for item in info.metadata:
-        for attribute, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-            bound = getattr(item, attribute, None)
-            if bound is not None:
-                marks.append(f"{symbol} {bound}")
-    return "; " + ", ".join(marks) if marks else ""
