@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -216,12 +217,15 @@ class GpuLease(Base):
 
 
 class Dataset(Base):
-    """An uploaded .npz, validated before it was stored at `Settings.dataset_path(id)`."""
+    """An uploaded .npz, validated before it was stored at `Settings.dataset_path(id)`.
+    Visible to its owner and admins, or to every user when `public`."""
 
     __tablename__ = "datasets"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    public: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     image_shape: Mapped[list[int]] = mapped_column(JSON)
     dtype: Mapped[str] = mapped_column(String(16))
     classes: Mapped[int] = mapped_column(Integer)
