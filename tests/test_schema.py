@@ -14,12 +14,14 @@ import re
 from pathlib import Path
 from pprint import pformat
 
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
-from app.core.db import get_engine
-from app.core.migrate import MIGRATIONS_DIR
+from app.core.db import get_engine, make_engine
+from app.core.migrate import MIGRATIONS_DIR, alembic_config
 from app.core.models import Base
 
 
@@ -93,3 +95,41 @@ def test_migrations_do_not_import_app_code() -> None:
     assert files, f"no migrations found under {MIGRATIONS_DIR}"
     offending = [line for path in files for line in _app_imports(path)]
     assert not offending, "migrations import app code:\n" + "\n".join(offending)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_upgrades_keep_the_rows_of_an_existing_database(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """An upgrade keeps what a running service recorded. On SQLite, batch mode rebuilds a
+    table by dropping it; with foreign keys on, that once emptied epochs and leases."""
+    url = (
+        f"sqlite:///{tmp_path / 'old.db'}"
+        if backend == "sqlite"
+        else str(request.getfixturevalue("postgres_url"))
+    )
+    config = alembic_config(url)
+    command.upgrade(config, "0006")  # the last schema before the jobs table was rebuilt
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        for statement in (
+            "INSERT INTO users (id, name, is_admin, token_hash, created_at) "
+            "VALUES (1, 'alice', false, 'h', '2026-11-01')",
+            "INSERT INTO jobs (id, owner_id, status, priority, spec, attempt, lost_runs, "
+            "created_at) VALUES (1, 1, 'succeeded', 0, '{}', 1, 0, '2026-11-01')",
+            "INSERT INTO epochs (job_id, epoch, attempt, recorded_at) "
+            "VALUES (1, 1, 1, '2026-11-01')",
+            "INSERT INTO hosts (name, queue, simulated, gpu_source, cpu_slots, started_at, "
+            "last_heartbeat) VALUES ('h', 'q', true, 'simulated', 1, '2026-11-01', '2026-11-01')",
+            "INSERT INTO gpu_leases (job_id, attempt, host, gpu_index, leased_at, released_at) "
+            "VALUES (1, 1, 'h', 0, '2026-11-01', '2026-11-01')",
+        ):
+            connection.execute(text(statement))
+    command.upgrade(config, "head")
+    with engine.connect() as connection:
+        counts = {
+            table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+            for table in ("users", "jobs", "epochs", "gpu_leases")
+        }
+    engine.dispose()
+    assert counts == {"users": 1, "jobs": 1, "epochs": 1, "gpu_leases": 1}
