@@ -1,4 +1,4 @@
-"""/jobs: submit, list, read, follow (metrics, plot, log), download the model, cancel."""
+"""/jobs: submit, list, read, follow (metrics, plot, log), download the model, cancel, delete."""
 
 import csv
 import io
@@ -14,7 +14,7 @@ from app.api.job_view import job_view, job_views
 from app.api.rate_limit import submissions
 from app.api.schemas import EpochOut, JobOut, JobPage
 from app.core import jobs as job_queries
-from app.core import lifecycle
+from app.core import lifecycle, retention
 from app.core.config import get_settings
 from app.core.datasets import get_dataset
 from app.core.hosts import live_hosts, too_few_gpus
@@ -23,7 +23,7 @@ from app.core.models import EPOCH_METRICS, Job, JobStatus, utcnow
 from app.core.plots import chart_title, history_png
 from app.core.spec import MAX_ID, JobSpec
 
-JobId = Annotated[int, DecimalDigits, Path(ge=1, le=MAX_ID, description="A job's id.")]
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="A job's id."), DecimalDigits]
 
 router = APIRouter(
     prefix="/jobs",
@@ -87,8 +87,8 @@ def submit_job(
         )
     if spec.priority > 0 and not user.is_admin:
         raise field_error("priority", "only admins may set priority above 0", 403)
-    if isinstance(spec.dataset, int) and get_dataset(session, spec.dataset) is None:
-        raise field_error("dataset", f"no uploaded dataset with id {spec.dataset}")
+    if isinstance(spec.dataset, int) and get_dataset(session, spec.dataset, user) is None:
+        raise field_error("dataset", _no_dataset(spec.dataset))
     hosts = live_hosts(session, settings, utcnow())
     if spec.gpus and (why := too_few_gpus(hosts, spec.gpus)):
         raise field_error("gpus", f"no host can ever run this job: {why}")
@@ -97,6 +97,8 @@ def submit_job(
         job = lifecycle.submit(
             session, spec, user, idempotency_key, settings.max_active_jobs_per_user
         )
+    except lifecycle.DatasetGone as gone:
+        raise field_error("dataset", _no_dataset(spec.dataset)) from gone
     except lifecycle.ActiveJobLimit as limit:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
@@ -106,6 +108,10 @@ def submit_job(
     if job.spec != spec.model_dump():  # a concurrent request with this key won the race
         return _replay(session, job, spec, response)
     return job_view(session, job)
+
+
+def _no_dataset(dataset: object) -> str:
+    return f"no uploaded dataset with id {dataset} that you may use (GET /datasets lists them)"
 
 
 def _replay(session: SessionDep, job: Job, spec: JobSpec, response: Response) -> JobOut:
@@ -231,3 +237,25 @@ def cancel_job(job_id: JobId, session: SessionDep, user: CurrentUser) -> JobOut:
     if not lifecycle.cancel(session, job):
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job.status}")
     return job_view(session, job)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={
+        **NOT_FOUND,
+        **FORBIDDEN,
+        409: {"description": "The job is queued, placed or running: cancel it first."},
+    },
+)
+def delete_job(job_id: JobId, session: SessionDep, user: CurrentUser) -> Response:
+    """Delete an ended job with its epochs, log and model (owner or admin)."""
+    job = _job_or_404(session, job_id)
+    require_owner_or_admin(job, user, "delete")
+    if not retention.delete_job(session, get_settings(), job_id):
+        job = _job_or_404(session, job_id)  # 404 if a concurrent request deleted it first
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"job {job_id} is {job.status}: cancel it before deleting"
+        )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.core.models import JobStatus
+from app.core.models import Dataset, JobStatus
 
 GpuState = Literal["free", "leased", "foreign"]
 
@@ -76,6 +76,17 @@ class DatasetOut(BaseModel):
     test_images: int
     size_bytes: int
     created_at: datetime
+    owner: str | None = Field(description="Who uploaded it (none for uploads from before owners).")
+    public: bool = Field(description="Visible to every user; otherwise to its owner and admins.")
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> DatasetOut:
+        return cls.model_validate(
+            {
+                **{name: getattr(dataset, name) for name in cls.model_fields if name != "owner"},
+                "owner": dataset.owner.name if dataset.owner else None,
+            }
+        )
 
 
 class GpuOut(BaseModel):

@@ -192,6 +192,41 @@ def user_revoke(name: str) -> None:
     typer.echo(f"Revoked {name!r}.")
 
 
+@cli.command()
+def gc(
+    older_than: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Delete jobs that ended more than this many days ago "
+            "(default TRAINYARD_JOB_RETENTION_DAYS).",
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list them.")] = False,
+) -> None:
+    """Delete old ended jobs with their epochs, logs and models (run it from cron)."""
+    from datetime import UTC, datetime, timedelta
+
+    from app.core.db import get_session_factory
+    from app.core.migrate import upgrade_database
+    from app.core.retention import collect_garbage, ended_before
+
+    settings = get_settings()
+    days = settings.job_retention_days if older_than is None else older_than
+    if older_than is None and not days:
+        typer.echo("nothing to do: TRAINYARD_JOB_RETENTION_DAYS is 0 (keep every job)")
+        return
+    upgrade_database(settings)
+    age, now = timedelta(days=days), datetime.now(UTC)
+    with get_session_factory()() as session:
+        if dry_run:
+            doomed = ended_before(session, now - age)
+            typer.echo(f"{len(doomed)} jobs ended more than {days:g} days ago: {doomed}")
+            return
+        deleted = collect_garbage(session, settings, age, now)
+    typer.echo(f"deleted {len(deleted)} jobs that ended more than {days:g} days ago")
+
+
 @cli.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     add_help_option=False,

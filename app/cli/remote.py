@@ -171,6 +171,15 @@ def cancel(job_id: int, url: UrlOption = None, token: TokenOption = None) -> Non
     )
 
 
+def delete(job_id: int, url: UrlOption = None, token: TokenOption = None) -> None:
+    """Delete an ended job with its log and model (yours, or any as an admin)."""
+    try:
+        _client(url, token).request("DELETE", f"/jobs/{job_id}")
+    except ApiError as error:
+        raise _fail(error) from error
+    console.print(f"job {job_id} deleted")
+
+
 def gpus(url: UrlOption = None, token: TokenOption = None) -> None:
     """Show every host's GPUs: free, leased (job and user) or foreign."""
     try:
@@ -212,5 +221,5 @@ def register(cli: typer.Typer) -> None:
         context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
         add_help_option=False,
     )(submit)
-    for command in (status, logs, plot, cancel, gpus):
+    for command in (status, logs, plot, cancel, delete, gpus):
         cli.command()(command)

@@ -120,6 +120,18 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(
         default=2 * 1024**3, ge=1, description="Largest .npz that POST /datasets accepts."
     )
+    max_storage_bytes_per_user: int = Field(
+        default=20 * 1024**3,
+        ge=0,
+        description="What one user's uploaded datasets may take in all (over it: 413); 0: no "
+        "limit.",
+    )
+    job_retention_days: float = Field(
+        default=0,
+        ge=0,
+        description="`trainyard gc` deletes jobs that ended more than this many days ago, "
+        "with their files; 0: keep every job (gc then needs --older-than).",
+    )
     trainer_command: str = Field(
         default="",
         description="The command that starts a trainer (split like a shell would); the "

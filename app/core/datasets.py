@@ -8,16 +8,25 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, delete, func, or_, select, true, update
+from sqlalchemy.orm import Session, selectinload
 
 from app.core.config import Settings
 from app.core.dataset_files import DatasetError, describe, load_npz
-from app.core.models import Dataset
+from app.core.models import ACTIVE_STATUSES, Dataset, Job, User
 
 
 class TooLarge(ValueError):
-    """The upload is over `Settings.max_dataset_bytes`."""
+    """The upload is over `Settings.max_dataset_bytes` or its owner's storage quota."""
+
+
+class InUse(Exception):
+    """Queued, placed or running jobs train on the dataset: it cannot be deleted yet."""
+
+    def __init__(self, dataset_id: int, job_ids: list[int]) -> None:
+        shown = ", ".join(map(str, job_ids[:10])) + (", ..." if len(job_ids) > 10 else "")
+        super().__init__(f"dataset {dataset_id} is used by active jobs: {shown}")
+        self.job_ids = job_ids
 
 
 class ValidationsBusy(Exception):
@@ -36,9 +45,16 @@ def validation_slots(settings: Settings) -> threading.BoundedSemaphore:
         return _slots.setdefault(limit, threading.BoundedSemaphore(limit))
 
 
-def store_upload(session: Session, settings: Settings, name: str, upload: BinaryIO) -> Dataset:
+def store_upload(
+    session: Session,
+    settings: Settings,
+    owner: User,
+    name: str,
+    upload: BinaryIO,
+    public: bool = False,
+) -> Dataset:
     """Copy `upload` aside, validate it (DatasetError, TooLarge, ValidationsBusy), then
-    record and keep it.
+    record and keep it as `owner`'s.
 
     The file is staged and checked before the database is touched, and moved into place by
     a rename, so the write transaction (SQLite's one lock) is held only for an instant.
@@ -50,14 +66,36 @@ def store_upload(session: Session, settings: Settings, name: str, upload: Binary
             "(TRAINYARD_MAX_CONCURRENT_UPLOADS); send it again shortly"
         )
     try:
-        return _store(session, settings, name, upload)
+        return _store(session, settings, owner, name, upload, public)
     finally:
         slots.release()
 
 
-def _store(session: Session, settings: Settings, name: str, upload: BinaryIO) -> Dataset:
+def stored_bytes(session: Session, owner_id: int) -> int:
+    """What `owner_id`'s uploads take, as counted against the storage quota."""
+    used = session.scalar(select(func.sum(Dataset.size_bytes)).where(Dataset.owner_id == owner_id))
+    return int(used or 0)
+
+
+def _quota_error(settings: Settings, used: int, size: int) -> TooLarge:
+    return TooLarge(
+        f"this upload ({size} bytes) would exceed your storage quota: {used} of "
+        f"{settings.max_storage_bytes_per_user} bytes in use "
+        "(TRAINYARD_MAX_STORAGE_BYTES_PER_USER); delete datasets you no longer need"
+    )
+
+
+def _store(
+    session: Session, settings: Settings, owner: User, name: str, upload: BinaryIO, public: bool
+) -> Dataset:
     settings.ensure_dirs()
     limit = settings.max_dataset_bytes
+    quota = settings.max_storage_bytes_per_user
+    if quota:
+        used = stored_bytes(session, owner.id)
+        session.rollback()  # no read transaction held while the body streams in
+        if used >= quota:
+            raise _quota_error(settings, used, 1)
     handle, staged_name = tempfile.mkstemp(dir=settings.datasets_dir / "uploads", suffix=".part")
     staged = Path(staged_name)
     try:
@@ -66,13 +104,26 @@ def _store(session: Session, settings: Settings, name: str, upload: BinaryIO) ->
             while chunk := upload.read(1024 * 1024):
                 copied += len(chunk)
                 if copied > limit:
-                    raise TooLarge(f"file is over the limit of {limit} bytes")
+                    raise TooLarge(
+                        f"file is over the limit of {limit} bytes (TRAINYARD_MAX_DATASET_BYTES)"
+                    )
+                if quota and used + copied > quota:
+                    raise _quota_error(settings, used, copied)
                 out.write(chunk)
         if copied == 0:
             raise DatasetError("file is empty")
         summary = describe(load_npz(staged, max_bytes=limit))
+        if quota:
+            # Counted again under the owner's row lock: two uploads of one user that each
+            # fit alone cannot both be stored past the quota.
+            session.execute(update(User).where(User.id == owner.id).values(name=User.name))
+            used = stored_bytes(session, owner.id)
+            if used + copied > quota:
+                raise _quota_error(settings, used, copied)
         dataset = Dataset(
             name=name[:200],
+            owner_id=owner.id,
+            public=public,
             image_shape=summary["image_shape"],
             dtype=summary["dtype"],
             classes=summary["classes"],
@@ -91,9 +142,40 @@ def _store(session: Session, settings: Settings, name: str, upload: BinaryIO) ->
     return dataset
 
 
-def list_datasets(session: Session) -> list[Dataset]:
-    return list(session.scalars(select(Dataset).order_by(Dataset.id.desc())))
+def visible_to(user: User) -> ColumnElement[bool]:
+    """Datasets `user` may see and train on: their own and public ones; an admin, all."""
+    if user.is_admin:
+        return true()
+    return or_(Dataset.owner_id == user.id, Dataset.public.is_(True))
 
 
-def get_dataset(session: Session, dataset_id: int) -> Dataset | None:
-    return session.get(Dataset, dataset_id)
+def list_datasets(session: Session, user: User) -> list[Dataset]:
+    query = select(Dataset).where(visible_to(user)).order_by(Dataset.id.desc())
+    return list(session.scalars(query.options(selectinload(Dataset.owner))))
+
+
+def get_dataset(session: Session, dataset_id: int, user: User) -> Dataset | None:
+    """The dataset, or None when it does not exist or `user` may not see it (the same
+    answer, so ids of others' private uploads are not revealed)."""
+    return session.scalar(select(Dataset).where(Dataset.id == dataset_id, visible_to(user)))
+
+
+def delete_dataset(session: Session, settings: Settings, dataset: Dataset) -> None:
+    """Remove the dataset and its file (commits). Raises InUse, deleting nothing, while a
+    queued, placed or running job names it; finished jobs keep their records.
+
+    The row is locked first (an UPDATE) and only then are active jobs looked for: a racing
+    `lifecycle.submit`, which reads the dataset under a share lock, either committed its job
+    before (found here) or waits and then finds the dataset gone.
+    """
+    session.commit()  # a fresh transaction, so the lock is taken before anything is read
+    session.execute(update(Dataset).where(Dataset.id == dataset.id).values(name=Dataset.name))
+    # The spec is JSON, where "dataset" may also be a name like "cifar10": compared here.
+    active = session.execute(select(Job.id, Job.spec).where(Job.status.in_(ACTIVE_STATUSES)))
+    users = sorted(job_id for job_id, spec in active if spec.get("dataset") == dataset.id)
+    if users:
+        session.rollback()
+        raise InUse(dataset.id, users)
+    session.execute(delete(Dataset).where(Dataset.id == dataset.id))
+    session.commit()
+    settings.dataset_path(dataset.id).unlink(missing_ok=True)

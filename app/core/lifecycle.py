@@ -6,6 +6,7 @@
       +------requeue / lose_run-----------+   (worker stopped cleanly / run lost with its host)
     queued, placed --cancel--> cancelled      running --cancel--> flag; the run ends it
     running --lose_run, max_lost_runs reached--> failed (worker_lost)
+    succeeded | failed | cancelled --delete--> (gone, with its epochs and lease history)
 
 Leases: `place` inserts a job's leases in the transaction that places it (all-or-nothing; a
 partial unique index allows one active lease per GPU, so a racing pass fails instead of
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,6 +34,9 @@ from app.core.db import rows_changed
 from app.core.jobs import job_for_key
 from app.core.models import (
     ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    Dataset,
+    Epoch,
     FailureReason,
     GpuLease,
     Job,
@@ -67,6 +71,10 @@ def owned_by(job_id: int, attempt: int) -> ColumnElement[bool]:
     return (Job.id == job_id) & (Job.attempt == attempt) & (Job.status == JobStatus.running)
 
 
+class DatasetGone(Exception):
+    """The job's uploaded dataset was deleted while the job was being submitted."""
+
+
 class ActiveJobLimit(Exception):
     """The owner already has `limit` queued, placed or running jobs."""
 
@@ -89,10 +97,21 @@ def submit(
     transaction first locks the owner's row (an UPDATE: a row lock on PostgreSQL, the write
     lock on SQLite), so the count and the insert of two racing submissions never interleave.
     Raises ActiveJobLimit, writing nothing, when the owner is at the limit.
+
+    An uploaded dataset the job names is read under a share lock, which a concurrent
+    `datasets.delete_dataset` (an update lock, then its check for active jobs) waits on or
+    makes wait: the job is stored and its dataset kept, or DatasetGone is raised.
     """
     session.commit()  # end any read transaction: the lock below must start a fresh one
+    # The owner's row lock also takes SQLite's one write lock before anything is read, so
+    # what is read below cannot change before this transaction commits.
+    session.execute(update(User).where(User.id == owner.id).values(name=User.name))
+    if isinstance(spec.dataset, int):
+        locked = select(Dataset.id).where(Dataset.id == spec.dataset).with_for_update(read=True)
+        if session.scalar(locked) is None:
+            session.rollback()
+            raise DatasetGone(spec.dataset)
     if max_active:
-        session.execute(update(User).where(User.id == owner.id).values(name=User.name))
         active = session.scalar(
             select(func.count())
             .select_from(Job)
@@ -253,6 +272,22 @@ def cancel(session: Session, job: Job) -> bool:
     session.commit()
     session.refresh(job)
     return job.status != JobStatus.failed and job.status != JobStatus.succeeded
+
+
+def delete_ended(session: Session, job_id: int) -> bool:
+    """Remove a succeeded, failed or cancelled job with its epochs and lease history
+    (commits). False, deleting nothing, when the job is not there or has not ended; an ended
+    job never changes state again, so its files can go once this returns True."""
+    gone = session.execute(delete(Job).where(Job.id == job_id, Job.status.in_(TERMINAL_STATUSES)))
+    if rows_changed(gone) != 1:
+        session.rollback()
+        return False
+    # ON DELETE CASCADE removes these on both backends; said here so no row outlives its job
+    # even where foreign keys are not enforced.
+    session.execute(delete(Epoch).where(Epoch.job_id == job_id))
+    session.execute(delete(GpuLease).where(GpuLease.job_id == job_id))
+    session.commit()
+    return True
 
 
 def active_leases(session: Session) -> list[GpuLease]:

@@ -99,7 +99,11 @@ class User(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("owner_id", "idempotency_key"),)
+    # AUTOINCREMENT: SQLite would otherwise give a new job the id of a deleted one.
+    __table_args__ = (
+        UniqueConstraint("owner_id", "idempotency_key"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str | None] = mapped_column(String(200))
@@ -221,6 +225,7 @@ class Dataset(Base):
     Visible to its owner and admins, or to every user when `public`."""
 
     __tablename__ = "datasets"
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -233,6 +238,8 @@ class Dataset(Base):
     test_images: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    owner: Mapped[User | None] = relationship()
 
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "replicas")

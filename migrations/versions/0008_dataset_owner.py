@@ -1,4 +1,4 @@
-"""datasets get an owner and a public flag
+"""datasets get an owner and a public flag; SQLite never reuses a job or dataset id
 
 Revision ID: 0008
 Revises: 0007
@@ -31,6 +31,15 @@ def upgrade() -> None:
     with op.batch_alter_table("datasets") as batch:
         batch.alter_column("public", server_default=sa.false())
 
+    # Jobs and datasets can now be deleted. SQLite hands out max(id) + 1 unless the table is
+    # AUTOINCREMENT, so a new job could take a deleted one's id (and its leftover files);
+    # PostgreSQL's sequences never go back. Batch mode rebuilds the tables on SQLite only.
+    # Last, and every later batch rebuild of these tables must pass the same table_kwargs,
+    # or the rebuilt table loses AUTOINCREMENT.
+    for table in ("jobs", "datasets"):
+        with op.batch_alter_table(table, table_kwargs={"sqlite_autoincrement": True}) as batch:
+            if op.get_bind().dialect.name == "sqlite":
+                batch.alter_column("id", existing_type=sa.Integer(), autoincrement=True)
 
 def downgrade() -> None:
     with op.batch_alter_table("datasets") as batch:
