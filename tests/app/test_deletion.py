@@ -238,3 +238,30 @@ def test_gc_deletes_only_jobs_that_ended_long_enough_ago(
     assert not get_settings().job_dir(old).exists()
     assert rows_of(recent)["Job"] == 1 and get_settings().job_dir(recent).exists()
     assert alice.get(f"/jobs/{active}").json()["status"] == "queued"
+
+
+def test_the_storage_quota_holds_under_concurrent_uploads(
+    clients: dict[str, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two uploads that each fit alone, at once: both pass the check made while the bodies
+    # stream in; the recount under the owner's lock lets only one be stored.
+    content = npz_bytes(good_arrays())
+    monkeypatch.setenv("TRAINYARD_MAX_STORAGE_BYTES_PER_USER", str(int(len(content) * 1.5)))
+    get_settings.cache_clear()
+    start = threading.Barrier(2)
+    codes: list[int] = []
+
+    def send() -> None:
+        start.wait()
+        codes.append(upload(clients["alice"], content).status_code)
+
+    for _ in range(3):
+        threads = [threading.Thread(target=send) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert sorted(codes) == [201, 413], codes
+        (stored,) = clients["alice"].get("/datasets").json()
+        assert clients["alice"].delete(f"/datasets/{stored['id']}").status_code == 204
+        codes.clear()
