@@ -8,15 +8,18 @@ TensorFlow, which lives only in the trainer's child process.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import worker_init, worker_ready, worker_shutting_down
 
 from app.core.config import Settings, get_settings, make_files_private
 from app.core.db import get_session_factory
 from worker.broker import make_celery
 from worker.gpus import discover
+
+log = logging.getLogger(__name__)
 
 make_files_private()  # also when started as `celery -A worker.celery_app worker`
 celery = make_celery(get_settings())
@@ -42,6 +45,16 @@ shutdown_event = threading.Event()
 @worker_shutting_down.connect
 def _on_worker_shutting_down(**_: Any) -> None:
     shutdown_event.set()
+
+
+@worker_init.connect
+def _refuse_a_second_worker_of_this_host(**_: Any) -> None:
+    from worker.inventory import live_namesake
+
+    if why := live_namesake(get_session_factory(), get_settings()):
+        log.critical("refusing to start: %s", why)
+        # SystemExit passes through Celery's signal dispatch (it catches only Exception).
+        raise SystemExit(f"trainyard worker: {why}")
 
 
 @worker_ready.connect

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -77,3 +81,29 @@ def _gpu_row(host: str, info: GpuInfo, own_pids: set[int]) -> Gpu:
         foreign_pids=[] if info.simulated else foreign_pids(info, own_pids),
         updated_at=utcnow(),
     )
+
+
+def live_namesake(session_factory: Callable[[], Session], settings: Settings) -> str | None:
+    """Why this worker must not start, when another live worker already uses its host name
+    (else None). Two workers under one name would each take the other's runs for orphans of
+    a dead predecessor and kill them.
+
+    A fresh heartbeat alone proves nothing (a worker killed a moment ago left one), so this
+    watches the row for two heartbeat periods: only a live worker moves it.
+    """
+    name = settings.worker_name
+    with session_factory() as session:
+        seen = session.scalar(select(Host.last_heartbeat).where(Host.name == name))
+    if seen is None or utcnow() - seen > timedelta(seconds=settings.host_timeout_seconds):
+        return None
+    deadline = time.monotonic() + 2 * settings.heartbeat_seconds + 0.5
+    while time.monotonic() < deadline:
+        time.sleep(min(0.25, settings.heartbeat_seconds / 4))
+        with session_factory() as session:
+            latest = session.scalar(select(Host.last_heartbeat).where(Host.name == name))
+        if latest is not None and latest != seen:
+            return (
+                f"a live worker already runs as host {name!r} (its heartbeat moved while this "
+                "one waited): stop it, or give this one another TRAINYARD_WORKER_NAME"
+            )
+    return None

@@ -79,3 +79,38 @@ def group_alive(pgid: int) -> bool:
     if not PROC.is_dir():  # no /proc to tell zombies apart: the signal's answer stands
         return True
     return any(p.pgid == pgid and p.state != "Z" for p in processes())
+
+
+def listening_on(port: int) -> list[ProcessInfo]:
+    """Processes we may read that hold a TCP socket listening on `port` (any address)."""
+    inodes: set[str] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (PROC / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is "HEXADDR:HEXPORT"; state 0A is LISTEN; field 9 the inode.
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":")[1], 16) == port:
+                inodes.add(fields[9])
+    if not inodes:
+        return []
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    holders = []
+    for process in processes():
+        try:
+            fds = os.scandir(PROC / str(process.pid) / "fd")
+            with fds:
+                if any(_link(entry.path) in wanted for entry in fds):
+                    holders.append(process)
+        except OSError:  # ended, or not ours to read
+            continue
+    return holders
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""

@@ -69,9 +69,19 @@ def worker(
 @cli.command()
 def up(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
     """Start everything on this machine with no external service: API and one worker."""
+    from app.cli.supervision import AlreadyServing, dies_with, hold_data_dir, port_taken
     from app.core.migrate import upgrade_database
 
     settings = get_settings()
+    settings.ensure_dirs()
+    try:
+        lock = hold_data_dir(settings.data_dir)
+    except AlreadyServing as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from error
+    if why := port_taken(host, port):
+        typer.echo(f"error: {why}", err=True)
+        raise typer.Exit(1)
     upgrade_database(settings)
     typer.echo(f"Trainyard data directory: {settings.data_dir}")
     ensure_first_admin(settings)
@@ -80,10 +90,16 @@ def up(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
     typer.echo(f"API: http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     me = [sys.executable, "-m", "app.cli"]
     # Own sessions: a Ctrl-C reaches only this process, which stops the children in order.
-    children = [
-        subprocess.Popen([*me, "api", "--host", host, "--port", str(port)], start_new_session=True),
-        subprocess.Popen([*me, "worker"], start_new_session=True),
-    ]
+    # The parent-death signal ends them if this process is killed outright (SIGKILL, the
+    # OOM killer), so none is left holding the port, the jobs or the GPUs.
+    arm = dies_with(os.getpid())
+    children = {
+        name: subprocess.Popen([*me, *args], start_new_session=True, preexec_fn=arm)
+        for name, args in (
+            ("API", ["api", "--host", host, "--port", str(port)]),
+            ("worker", ["worker"]),
+        )
+    }
     stopping = False
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -92,24 +108,35 @@ def up(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
             return
         stopping = True
         typer.echo(f"\nStopping ({signal.Signals(signum).name}): API and worker ...")
-        for child in children:
+        for child in children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    while not stopping and all(child.poll() is None for child in children):
+    while not stopping and all(child.poll() is None for child in children.values()):
         time.sleep(0.2)
+    died = {name: child.returncode for name, child in children.items() if child.poll() is not None}
     if not stopping:  # a child died on its own: take the other one down too
         stop(signal.SIGTERM, None)
     deadline = time.monotonic() + settings.cancel_grace_seconds + 30
-    for child in children:
+    for child in children.values():
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+    lock.close()
+    if died and not _stopped_by_request(died, stopping):
+        failed = ", ".join(f"the {name} exited with status {code}" for name, code in died.items())
+        typer.echo(f"error: {failed}; stopped", err=True)
+        raise typer.Exit(1)
     typer.echo("Stopped.")
+
+
+def _stopped_by_request(died: dict[str, int], stopping: bool) -> bool:
+    """Whether the children that had ended did so because we asked (a signal to `up`)."""
+    return stopping and all(code in (0, -signal.SIGTERM) for code in died.values())
 
 
 def ensure_first_admin(settings: Settings) -> None:
