@@ -2,11 +2,13 @@
 
 from fastapi.responses import RedirectResponse
 from fastapi_offline import FastAPIOffline
+from sqlalchemy.exc import OperationalError
 
 from app import __version__
 from app.api import api_router, errors
 from app.api.body_limit import FORM_OVERHEAD_BYTES, BodyLimit, Limit
 from app.api.early_auth import AuthenticateBeforeBody
+from app.api.health import database_unavailable
 from app.core.config import get_settings, make_files_private
 
 make_files_private()  # also when served as `uvicorn app.main:app`
@@ -19,6 +21,7 @@ app = FastAPIOffline(
     description="Submit TensorFlow training jobs, follow every epoch, fetch plots and models.",
 )
 errors.install(app)
+app.add_exception_handler(OperationalError, database_unavailable)
 
 
 def _body_limit(content_type: str) -> Limit:

@@ -5,6 +5,9 @@ tests guard against the two drifting apart (a model change without its migration
 migration that creates something the models do not declare), on SQLite and on PostgreSQL,
 and against migrations importing app code, which would make old migrations change meaning
 whenever that code changes.
+
+The other tests' databases are copies of a template built by the same migrations once per
+session (tests/conftest.py); here the migrations run in the test, on an empty database.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from app.core.db import get_engine, make_engine
@@ -25,7 +29,7 @@ from app.core.migrate import MIGRATIONS_DIR, alembic_config
 from app.core.models import Base
 
 
-def test_migrations_match_models(db: Path) -> None:
+def test_migrations_match_models(db_from_migrations: Path) -> None:
     with get_engine().connect() as connection:
         context = MigrationContext.configure(
             connection,
@@ -46,7 +50,7 @@ def _normalized(where: object) -> str:
     return re.sub(r"[\s()]", "", str(where)).lower()
 
 
-def test_partial_indexes_keep_their_where(db: Path) -> None:
+def test_partial_indexes_keep_their_where(db_from_migrations: Path) -> None:
     """compare_metadata matches indexes by name, columns and uniqueness only; a partial
     index that lost its WHERE (one active lease per GPU would become one lease per GPU,
     ever) goes unnoticed there, so the predicate is compared here."""
@@ -133,3 +137,11 @@ def test_upgrades_keep_the_rows_of_an_existing_database(
         }
     engine.dispose()
     assert counts == {"users": 1, "jobs": 1, "epochs": 1, "gpu_leases": 1}
+
+
+def test_the_other_tests_databases_are_at_the_migrations_head(db: Path) -> None:
+    """`db` is a copy of a template (tests/conftest.py), not a run of the migrations: it must
+    be the migrations' current head, not a template left from older migrations."""
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    with get_engine().connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == head

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
+from app.core.disk import keep_reserve
 from worker.broker import RUN_JOB_TASK
 from worker.gpus import discover
 from worker.inventory import heartbeat_host, register_host
@@ -77,6 +78,7 @@ class HostAgent(threading.Thread):
         own = pids_in_process_groups(set(TRAINER_PGIDS))
         with self.session_factory() as session:
             heartbeat_host(session, self.settings, gpus, own)
+        keep_reserve(self.settings.data_dir)  # put back once a full disk has room again
 
     def schedule_once(self) -> None:
         with self.session_factory() as session:

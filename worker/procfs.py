@@ -114,3 +114,48 @@ def _link(path: str) -> str:
         return os.readlink(path)
     except OSError:
         return ""
+
+
+def boot_time() -> float | None:
+    """When this machine booted (seconds since the epoch), from /proc/stat's btime."""
+    try:
+        for line in (PROC / "stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def oom_kills() -> int | None:
+    """How many processes the kernel's OOM killer has killed in this process's memory
+    cgroup (which children like our trainers share): cgroup v2 `memory.events` or v1
+    `memory.oom_control`. In a container the cgroup's own folder is the mount's root. None
+    where neither can be read: a SIGKILL then cannot be pinned on the OOM killer."""
+    try:
+        lines = (PROC / "self" / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    candidates = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        relative = path.lstrip("/")
+        if controllers == "":  # v2, unified
+            for base in (CGROUP_ROOT / relative, CGROUP_ROOT):
+                candidates.append(base / "memory.events")
+        elif "memory" in controllers.split(","):
+            for base in (CGROUP_ROOT / "memory" / relative, CGROUP_ROOT / "memory"):
+                candidates.append(base / "memory.oom_control")
+    for candidate in candidates:
+        try:
+            text = candidate.read_text()
+        except OSError:
+            continue
+        for entry in text.splitlines():
+            name, _, value = entry.partition(" ")
+            if name == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    return None

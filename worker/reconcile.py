@@ -21,7 +21,7 @@ from app.core import lifecycle
 from app.core.config import Settings
 from app.core.hosts import live_hosts
 from app.core.models import Job, JobStatus, utcnow
-from worker.procfs import trainers_in
+from worker.procfs import boot_time, trainers_in
 from worker.scheduler import Placement
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,11 @@ def reconcile(session: Session, settings: Settings) -> list[Placement]:
     for job in session.scalars(
         select(Job).where(Job.status == JobStatus.running, Job.heartbeat_at < silent)
     ):
-        lifecycle.lose_run(
-            session, job, f"its run on {job.host} stopped reporting", settings.max_lost_runs
-        )
+        # A host still heartbeating did not stop: its run went silent for another reason
+        # (it could not reach the database, its supervisor stopped it) and is not counted.
+        stopped = job.host not in live
+        why = f"its run on {job.host} stopped reporting" + ("" if stopped else " (host up)")
+        lifecycle.lose_run(session, job, why, settings.max_lost_runs, host_stopped=stopped)
     stale = now - timedelta(seconds=settings.dispatch_timeout_seconds)
     for job in session.scalars(select(Job).where(Job.status == JobStatus.placed)):
         host = live.get(job.host or "")
@@ -65,11 +67,18 @@ def recover_own_orphans(session: Session, settings: Settings) -> None:
             select(Job).where(Job.host == settings.worker_name, Job.status == JobStatus.running)
         )
     )
+    booted = boot_time()
     for job in orphans:
         kill_trainers_in(settings.job_dir(job.id))
-        lifecycle.lose_run(
-            session, job, f"worker on {settings.worker_name} restarted", settings.max_lost_runs
+        # Counted only if the machine restarted since the run's last heartbeat; a worker
+        # process that crashed (or was killed) on a machine that kept running is not a lost
+        # host.
+        last = job.heartbeat_at or job.started_at
+        rebooted = booted is None or last is None or last.timestamp() < booted
+        why = f"worker on {settings.worker_name} restarted" + (
+            " after the machine rebooted" if rebooted else ""
         )
+        lifecycle.lose_run(session, job, why, settings.max_lost_runs, host_stopped=rebooted)
     session.commit()
 
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.core import lifecycle
 from app.core.db import rows_changed
 from app.core.lifecycle import owned_by
-from app.core.models import EPOCH_METRICS, Epoch, Job, utcnow
+from app.core.logs import clean_line
+from app.core.models import EPOCH_METRICS, Epoch, Job, LogLine, utcnow
 
 # Fields of the trainer's `started` event kept as the job's `resolved`.
 RESOLVED_FIELDS = ("bn_momentum", "precision", "params", "global_batch", "steps_per_epoch")
@@ -74,3 +76,60 @@ def heartbeat(session: Session, job_id: int, attempt: int) -> tuple[bool, bool]:
     if row is None:
         return False, False
     return True, row[0] is not None
+
+
+def append_log(
+    session: Session, job_id: int, attempt: int, lines: list[str], max_lines: int
+) -> bool:
+    """Store a batch of the run's log lines, keeping at most `max_lines` per job: the oldest
+    go and `jobs.log_dropped` counts them. Fenced by the attempt number only (not by the
+    running status), so the last lines of a run that just ended are kept; a run whose job has
+    moved on to another attempt is refused (False)."""
+    counted = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt)
+        .values(log_lines=Job.log_lines + len(lines))
+        .returning(Job.log_lines, Job.log_dropped)
+    ).first()
+    if counted is None:
+        session.rollback()
+        return False
+    session.execute(
+        insert(LogLine),
+        [{"job_id": job_id, "attempt": attempt, "line": clean_line(line)} for line in lines],
+    )
+    total, dropped = counted
+    excess = total - dropped - max_lines
+    if excess > 0:
+        # The id of the newest line to drop; everything of this job up to it goes.
+        cutoff = session.scalar(
+            select(LogLine.id)
+            .where(LogLine.job_id == job_id)
+            .order_by(LogLine.id)
+            .offset(excess - 1)
+            .limit(1)
+        )
+        if cutoff is not None:
+            gone = session.execute(
+                delete(LogLine).where(LogLine.job_id == job_id, LogLine.id <= cutoff)
+            )
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(log_dropped=Job.log_dropped + rows_changed(gone))
+            )
+    session.commit()
+    return True
+
+
+def lose_killed_run(
+    session: Session, job_id: int, attempt: int, why: str, max_lost_runs: int
+) -> bool:
+    """The run's trainer was SIGKILLed and Settings.retry_killed_runs says to try again:
+    back to the queue as a lost run (failed worker_lost once max_lost_runs are reached)."""
+    job = session.get(Job, job_id)
+    if job is None or job.attempt != attempt:
+        return False
+    lifecycle.lose_run(session, job, why, max_lost_runs)
+    session.commit()
+    return True

@@ -19,17 +19,19 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.core import lifecycle
 from app.core.config import Settings
 from app.core.hosts import live_hosts, too_few_gpus
-from app.core.jobs import queued_in_order
+from app.core.jobs import QueuedJob, queued_in_order
 from app.core.models import Host, Job, JobStatus, utcnow
 
 # pg_advisory_xact_lock key: one scheduling pass at a time across all workers.
 _SCHEDULER_LOCK = 0x7472_6169
+# Jobs per UPDATE that stores a waiting reason (bound parameters stay few on any SQLite).
+_IDS_PER_UPDATE = 500
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def schedule(session: Session, settings: Settings) -> list[Placement]:
         session.execute(  # type: ignore[arg-type]  # Job.host is not NULL here
             select(Job.host, func.count())
             .where(Job.status.in_([JobStatus.placed, JobStatus.running]))
-            .where(Job.spec["gpus"].as_integer() == 0)
+            .where(Job.gpus == 0)
             .group_by(Job.host)
         ).all()
     )
@@ -78,52 +80,74 @@ def schedule(session: Session, settings: Settings) -> list[Placement]:
 
     placements: list[Placement] = []
     reserved: dict[str, int] = {}  # host -> the waiting job it is held for
+    # Why a job needing n GPUs (0: a CPU slot) waits, as long as no placement or new
+    # reservation changes what the hosts offer. With thousands queued for a few GPUs nearly
+    # every job waits for a reason an earlier one found: a lookup, not a search of the hosts.
+    known: dict[int, str] = {}
+    waiting: defaultdict[str, list[int]] = defaultdict(list)  # new reason -> its jobs
     for job in queued_in_order(session):
-        need = int(job.spec.get("gpus", 0))
-        if need == 0:
-            placement = _place_cpu_job(session, job, hosts, cpu_busy, now)
-        else:
-            placement = _place_gpu_job(
-                session, settings, job, need, hosts, free, reserved, held, now
+        why = _over_quota(settings, job, held) if job.gpus else None
+        if why is None and (why := known.get(job.gpus)) is None:
+            outcome = (
+                _place_cpu_job(session, job, hosts, cpu_busy, now)
+                if job.gpus == 0
+                else _place_gpu_job(session, job, hosts, free, reserved, held, now)
             )
-        if placement is not None:
-            placements.append(placement)
+            if isinstance(outcome, Placement):
+                placements.append(outcome)
+                known.clear()
+                continue
+            if outcome is None:  # a racing pass placed it
+                continue
+            why, reserving = outcome
+            if reserving:  # later jobs find these hosts held: their reason differs
+                known.clear()
+            else:
+                known[job.gpus] = why
+        if why != job.waiting_reason:
+            waiting[why].append(job.id)
+    _note_waiting(session, waiting)
     session.commit()
     return placements
 
 
+# What placing a job came to: its placement; why it waits, and whether it reserved hosts
+# that were not held yet; or None when a racing pass placed it first.
+Outcome = Placement | tuple[str, bool] | None
+
+
 def _place_cpu_job(
-    session: Session, job: Job, hosts: list[Host], cpu_busy: dict[str, int], now: datetime
-) -> Placement | None:
+    session: Session, job: QueuedJob, hosts: list[Host], cpu_busy: dict[str, int], now: datetime
+) -> Outcome:
     open_hosts = [h for h in hosts if cpu_busy.get(h.name, 0) < h.cpu_slots]
     if not open_hosts:
-        _wait(job, "no worker host is up" if not hosts else "waits for a CPU slot")
-        return None
+        return ("no worker host is up" if not hosts else "waits for a CPU slot"), False
     host = min(open_hosts, key=lambda h: (cpu_busy.get(h.name, 0), h.name))
-    if not lifecycle.place(session, job, host.name, (), now):
+    if not _place(session, job, host.name, (), now):
         return None
     cpu_busy[host.name] = cpu_busy.get(host.name, 0) + 1
     return Placement(job.id, host.name, host.queue, ())
 
 
+def _over_quota(settings: Settings, job: QueuedJob, held: dict[int | None, int]) -> str | None:
+    quota = settings.max_gpus_per_user
+    if quota and held[job.owner_id] + job.gpus > quota:
+        return (
+            f"owner's GPU quota: holds {held[job.owner_id]} of {quota}, this job needs {job.gpus}"
+        )
+    return None
+
+
 def _place_gpu_job(
     session: Session,
-    settings: Settings,
-    job: Job,
-    need: int,
+    job: QueuedJob,
     hosts: list[Host],
     free: dict[str, list[int]],
     reserved: dict[str, int],
     held: dict[int | None, int],
     now: datetime,
-) -> Placement | None:
-    quota = settings.max_gpus_per_user
-    if quota and held[job.owner_id] + need > quota:
-        _wait(
-            job,
-            f"owner's GPU quota: holds {held[job.owner_id]} of {quota}, this job needs {need}",
-        )
-        return None
+) -> Outcome:
+    need = job.gpus
     usable = {h.name: sum(1 for gpu in h.gpus if not gpu.foreign_pids) for h in hosts}
     fitting = [h for h in hosts if usable[h.name] >= need]
     if not fitting:
@@ -137,28 +161,43 @@ def _place_gpu_job(
                 f"{len(best.gpus) - usable[best.name]} of {len(best.gpus)} busy with "
                 "processes Trainyard did not start"
             )
-        _wait(job, why or "no worker host is up")
-        return None
+        return (why or "no worker host is up"), False
     ready = [h for h in fitting if h.name not in reserved and len(free[h.name]) >= need]
     if not ready:
         best = max(fitting, key=lambda h: (len(free[h.name]), h.name))
         reason = f"needs {need} GPUs on one host; host {best.name} has {len(free[best.name])} free"
         if best.name in reserved:
             reason += f" and is held for job {reserved[best.name]}, queued earlier"
-        _wait(job, reason)
-        for host in fitting:
-            reserved.setdefault(host.name, job.id)
-        return None
+        unheld = [host.name for host in fitting if host.name not in reserved]
+        for name in unheld:
+            reserved[name] = job.id
+        return reason, bool(unheld)
     # Best fit: the host left with the fewest free GPUs keeps larger blocks for larger jobs.
     host = min(ready, key=lambda h: (len(free[h.name]) - need, h.name))
     indices = tuple(sorted(free[host.name])[:need])
-    if not lifecycle.place(session, job, host.name, indices, now):
+    if not _place(session, job, host.name, indices, now):
         return None
     free[host.name] = [i for i in free[host.name] if i not in indices]
     held[job.owner_id] += need
     return Placement(job.id, host.name, host.queue, indices)
 
 
-def _wait(job: Job, reason: str) -> None:
-    """Say why the job waits (GET /jobs/{id} shows it); unchanged values are not written."""
-    job.waiting_reason = reason
+def _place(
+    session: Session, job: QueuedJob, host: str, gpu_indices: tuple[int, ...], now: datetime
+) -> bool:
+    row = session.get(Job, job.id)
+    return row is not None and lifecycle.place(session, row, host, gpu_indices, now)
+
+
+def _note_waiting(session: Session, waiting: dict[str, list[int]]) -> None:
+    """Say why jobs wait (GET /jobs/{id} shows it): only the reasons that changed, one UPDATE
+    per reason, not one per job (a pass after a burst of submissions writes thousands)."""
+    for why, ids in waiting.items():
+        for start in range(0, len(ids), _IDS_PER_UPDATE):
+            session.execute(
+                update(Job)
+                .where(Job.id.in_(ids[start : start + _IDS_PER_UPDATE]))
+                .where(Job.status == JobStatus.queued)
+                .values(waiting_reason=why)
+                .execution_options(synchronize_session=False)
+            )

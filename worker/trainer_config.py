@@ -16,13 +16,11 @@ from app.core.spec import TrainingSpec
 from worker.gpus import GpuInfo, cuda_visible_devices
 
 
-def trainer_config(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def trainer_config(spec: dict[str, Any]) -> dict[str, Any]:
     """The trainer's --config: the job spec's training fields (the trainer validates them
-    again), with an uploaded dataset's id replaced by its file's path."""
-    config = {key: spec[key] for key in TrainingSpec.model_fields if key in spec}
-    if isinstance(config.get("dataset"), int):
-        config["dataset"] = str(settings.dataset_path(config["dataset"]))
-    return config
+    again). An uploaded dataset's id is left for the supervisor to replace by the path of
+    its host's copy (worker.run_files.cached_dataset)."""
+    return {key: spec[key] for key in TrainingSpec.model_fields if key in spec}
 
 
 @dataclass

@@ -17,7 +17,7 @@ from fastapi import (
 
 from app.api.auth import UNAUTHORIZED, CurrentUser, current_user
 from app.api.deps import DecimalDigits, SessionDep
-from app.api.errors import clip
+from app.api.errors import VALIDATION_ERRORS, clip
 from app.api.schemas import DatasetOut
 from app.core import datasets as dataset_queries
 from app.core.config import get_settings
@@ -50,7 +50,11 @@ def field_error(field: str, message: str, code: int = 422) -> HTTPException:
             "description": "The file is over TRAINYARD_MAX_DATASET_BYTES, or over what is "
             "left of the uploader's TRAINYARD_MAX_STORAGE_BYTES_PER_USER."
         },
-        422: {"description": "The file is not a usable .npz; the message says why."},
+        422: {
+            "description": "The file is not a usable .npz, or the form cannot be read; the "
+            "message says why.",
+            "content": VALIDATION_ERRORS,
+        },
     },
 )
 def upload_dataset(

@@ -19,4 +19,6 @@ def _decimal_digits(value: Any) -> Any:
     return value
 
 
+# Put it after the Path(...) in Annotated: placed before it, the Path's bounds reach the
+# OpenAPI document as "ge"/"le", which JSON Schema does not know, instead of minimum/maximum.
 DecimalDigits = BeforeValidator(_decimal_digits)

@@ -5,10 +5,12 @@ the body before it resolves the route's dependencies, the token check among them
 from __future__ import annotations
 
 from anyio import to_thread
+from sqlalchemy.exc import OperationalError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.auth import INVALID_TOKEN, MISSING_TOKEN
 from app.api.errors import refuse_early
+from app.api.health import RETRY_AFTER, unavailable_detail
 from app.core.db import get_session_factory
 from app.core.users import user_for_token
 
@@ -31,11 +33,16 @@ class AuthenticateBeforeBody:
         # The same answers as the route's own check (app/api/auth.py), before the body.
         if scheme.lower() != "bearer" or not token.strip():
             detail, challenge = MISSING_TOKEN
-        elif not await to_thread.run_sync(_token_is_valid, token.strip()):
-            detail, challenge = INVALID_TOKEN
         else:
-            await self.app(scope, receive, send)
-            return
+            try:
+                valid = await to_thread.run_sync(_token_is_valid, token.strip())
+            except OperationalError as error:  # as app/api/health.py answers the routes
+                await refuse_early(send, 503, unavailable_detail(error), RETRY_AFTER)
+                return
+            if valid:
+                await self.app(scope, receive, send)
+                return
+            detail, challenge = INVALID_TOKEN
         await refuse_early(send, 401, detail, {"WWW-Authenticate": challenge})
 
 

@@ -3,6 +3,11 @@
 FastAPI's own 422 handler puts each offending value into the response as it came: a 50 MB
 string comes back whole, and NaN, an infinity or a lone surrogate (all of which Python's JSON
 parser accepts) cannot be encoded at all, so the client got a 500 instead of the 422.
+
+A body the framework cannot parse at all (multipart without a boundary or with broken parts,
+too many form fields or files) was a 400 that the OpenAPI document never mentions: it is a
+422 like a malformed JSON body. A 405 names in `Allow` every method the path's document lists,
+not only those of the route tried first (OPTIONS /jobs answered `Allow: POST`).
 """
 
 from __future__ import annotations
@@ -12,9 +17,20 @@ import math
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.routing import compile_path
 from starlette.types import Send
+
+# What a 422 holds, as the OpenAPI document shows it: for a route that describes its own 422
+# (`responses={422: {"description": ..., "content": VALIDATION_ERRORS}}`), FastAPI leaves the
+# body out of the document.
+VALIDATION_ERRORS = {
+    "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+}
 
 # How much of an offending value a 422 repeats (enough to recognise it), and of a message.
 ECHO_CHARS = 80
@@ -62,6 +78,40 @@ async def validation_error(_request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": describe_errors(error.errors())}, status_code=422)
 
 
+async def http_error(request: Request, error: Exception) -> Response:
+    if not isinstance(error, HTTPException):  # registered for exactly this type
+        raise error
+    if error.status_code == 400:
+        # The app raises no 400 of its own: every one is the framework failing to parse the
+        # body (Starlette's multipart and form parsers, FastAPI's body reader).
+        detail = [
+            {"type": "body_invalid", "loc": ["body"], "msg": clip(str(error.detail), MESSAGE_CHARS)}
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+    if error.status_code == 405 and (allowed := documented_methods(request)):
+        error = HTTPException(405, error.detail, {**(error.headers or {}), "Allow": allowed})
+    return await http_exception_handler(request, error)
+
+
+_HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def documented_methods(request: Request) -> str:
+    """The methods the OpenAPI document lists for the request's path, as `Allow` lists them
+    ("GET, POST"); empty for a path it does not describe (/docs, /openapi.json)."""
+    # Routing's view of the path: without the prefix a proxy mounts the app under.
+    path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
+    schema = request.app.openapi()  # built once, then cached by FastAPI
+    methods = {
+        method.upper()
+        for template, operations in schema.get("paths", {}).items()
+        if compile_path(template)[0].match(path)
+        for method in operations
+        if method in _HTTP_METHODS
+    }
+    return ", ".join(sorted(methods))
+
+
 async def refuse_early(
     send: Send, status: int, detail: str, headers: dict[str, str] | None = None
 ) -> None:
@@ -86,3 +136,4 @@ async def refuse_early(
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)

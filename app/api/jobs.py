@@ -2,10 +2,11 @@
 
 import csv
 import io
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response, status
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 
 from app.api.auth import UNAUTHORIZED, CurrentUser, current_user, require_owner_or_admin
 from app.api.datasets import field_error
@@ -15,10 +16,12 @@ from app.api.rate_limit import submissions
 from app.api.schemas import EpochOut, JobOut, JobPage
 from app.core import jobs as job_queries
 from app.core import lifecycle, retention
+from app.core.artifacts import artifact_store, model_key
 from app.core.config import get_settings
 from app.core.datasets import get_dataset
+from app.core.db import get_session_factory
 from app.core.hosts import live_hosts, too_few_gpus
-from app.core.logs import tail_lines
+from app.core.logs import stored_log, stored_tail, tail_lines
 from app.core.models import EPOCH_METRICS, Job, JobStatus, utcnow
 from app.core.plots import chart_title, history_png
 from app.core.spec import MAX_ID, JobSpec
@@ -199,30 +202,58 @@ def get_logs(
     job_id: JobId,
     session: SessionDep,
     user: CurrentUser,
-    tail: Annotated[int | None, Query(ge=1)] = None,
-) -> PlainTextResponse:
+    tail: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+) -> Response:
     """The trainer's log (its stderr), whole or its last `tail` lines (owner or admin)."""
-    require_owner_or_admin(_job_or_404(session, job_id), user, "read the log of")
-    path = get_settings().job_dir(job_id) / "train.log"
+    job = _job_or_404(session, job_id)
+    require_owner_or_admin(job, user, "read the log of")
+    if not job.log_lines:  # a job run before logs were stored in the database: its file
+        path = get_settings().job_dir(job_id) / "train.log"
+        if tail is not None:
+            return PlainTextResponse(tail_lines(path, tail))
+        return PlainTextResponse(path.read_text(errors="replace") if path.exists() else "")
     if tail is not None:
-        return PlainTextResponse(tail_lines(path, tail))
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return PlainTextResponse(text)
+        return PlainTextResponse(stored_tail(session, job, tail))
+    return StreamingResponse(_whole_log(job), media_type="text/plain; charset=utf-8")
+
+
+def _whole_log(job: Job) -> Iterator[str]:
+    # A session of its own: the request's may be closed before the last chunk is sent.
+    with get_session_factory()() as session:
+        yield from stored_log(session, job)
 
 
 @router.get(
     "/{job_id}/model",
     response_class=FileResponse,
-    responses={**NOT_FOUND, **FORBIDDEN, 409: {"description": "The job has no trained model yet."}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        **NOT_FOUND,
+        **FORBIDDEN,
+        409: {"description": "The job has no trained model yet."},
+    },
 )
-def get_model(job_id: JobId, session: SessionDep, user: CurrentUser) -> FileResponse:
+def get_model(job_id: JobId, session: SessionDep, user: CurrentUser) -> Response:
     """Download the trained model (`.keras`) of a succeeded job (owner or admin)."""
     job = _job_or_404(session, job_id)
     require_owner_or_admin(job, user, "download the model of")
-    path = get_settings().job_dir(job_id) / "model.keras"
-    if job.status != JobStatus.succeeded or not path.exists():
-        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has no model: {job.status}")
-    return FileResponse(path, filename=f"job-{job_id}.keras")
+    filename = f"job-{job_id}.keras"
+    if job.status == JobStatus.succeeded:
+        store = artifact_store(get_settings())
+        stored = store.info(model_key(job_id, job.attempt))
+        if stored is not None:
+            return StreamingResponse(
+                store.chunks(stored.key),
+                media_type="application/octet-stream",
+                headers={
+                    "Content-Disposition": f'attachment; filename="{filename}"',
+                    "Content-Length": str(stored.size),
+                },
+            )
+        local = get_settings().job_dir(job_id) / "model.keras"  # a job from before the store
+        if local.exists():
+            return FileResponse(local, filename=filename)
+    raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has no model: {job.status}")
 
 
 @router.post(

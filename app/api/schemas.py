@@ -78,6 +78,7 @@ class DatasetOut(BaseModel):
     created_at: datetime
     owner: str | None = Field(description="Who uploaded it (none for uploads from before owners).")
     public: bool = Field(description="Visible to every user; otherwise to its owner and admins.")
+    sha256: str | None = Field(description="SHA-256 of the file (none for old uploads).")
 
     @classmethod
     def of(cls, dataset: Dataset) -> DatasetOut:
@@ -114,6 +115,7 @@ class HostOut(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
-    database: Literal["ok"]
+    status: Literal["ok", "unavailable"]
+    database: str = Field(description='"ok", or why it cannot be used.')
+    data_dir: str = Field(description='"ok", or why the data directory cannot be written.')
     version: str

@@ -138,6 +138,24 @@ class Settings(BaseSettings):
         "supervisor appends --json --exit-on-stdin-eof --config FILE --workdir DIR. Empty: "
         "this Python's `-m worker.training`.",
     )
+    artifact_store: str = Field(
+        default="database",
+        pattern=r"^(database|file:///.+|/.+)$",
+        description="Where models, checkpoints and uploaded datasets are kept: `database` "
+        "(chunked in the database: hosts need share nothing else) or a directory every host "
+        "mounts (`file:///mnt/trainyard` or `/mnt/trainyard`).",
+    )
+    retry_killed_runs: bool = Field(
+        default=False,
+        description="A trainer killed by the OOM killer or another SIGKILL goes back to the "
+        "queue and resumes from its checkpoint (counted as a lost run) instead of failing.",
+    )
+    max_log_lines: int = Field(
+        default=200_000,
+        ge=100,
+        description="Trainer log lines kept per job in the database; beyond it the oldest go, "
+        "and the log says how many.",
+    )
     log_tail_lines: int = Field(
         default=20, ge=1, description="Lines of the trainer's stderr kept in a failure message."
     )
@@ -150,6 +168,13 @@ class Settings(BaseSettings):
         if not self.broker_url:
             self.broker_url = "filesystem://"
         return self
+
+    @property
+    def artifact_dir(self) -> Path | None:
+        """The artifact store's directory, or None when the store is the database."""
+        if self.artifact_store == "database":
+            return None
+        return Path(self.artifact_store.removeprefix("file://"))
 
     def trainer_argv(self) -> list[str]:
         """The trainer command, without the arguments the supervisor appends."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -50,7 +50,7 @@ def load_npz(path: str | os.PathLike[str], max_bytes: int | None = None) -> Arra
     if not zipfile.is_zipfile(path):
         raise DatasetError("dataset file is not an .npz archive (not a zip file)")
     if max_bytes is not None:
-        _check_unpacked_size(path, max_bytes)
+        check_unpacked_size(path, max_bytes)
     try:
         # allow_pickle=False: an uploaded file must never be able to run code when loaded.
         with np.load(path, allow_pickle=False) as archive:
@@ -72,14 +72,15 @@ def load_npz(path: str | os.PathLike[str], max_bytes: int | None = None) -> Arra
 COMPRESSIONS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 
 
-def _check_unpacked_size(path: str, max_bytes: int) -> None:
-    """Refuse an archive whose entries, all of them whatever their names, declare more than
-    `max_bytes` unpacked, or use a compression other than np.savez's, before anything is
-    decompressed. Reading an entry never yields more than its declared size (zipfile cuts
-    it off there), so the declared sizes bound what loading can take."""
+def check_unpacked_size(archive_file: str | IO[bytes], max_bytes: int) -> None:
+    """Refuse an archive (a path or a seekable binary file) whose entries, all of them
+    whatever their names, declare more than `max_bytes` unpacked, or use a compression other
+    than np.savez's, before anything is decompressed: only its central directory is read.
+    Reading an entry never yields more than its declared size (zipfile cuts it off there),
+    so the declared sizes bound what loading can take."""
     total = 0
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(archive_file) as archive:
             for member in archive.infolist():
                 if member.compress_type not in COMPRESSIONS:
                     raise DatasetError(

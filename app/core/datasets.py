@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import threading
+import zipfile
 from pathlib import Path
 from typing import BinaryIO
 
 from sqlalchemy import ColumnElement, delete, func, or_, select, true, update
 from sqlalchemy.orm import Session, selectinload
 
+from app.core.artifacts import ArtifactStore, artifact_store, dataset_key, upload_file
 from app.core.config import Settings
-from app.core.dataset_files import DatasetError, describe, load_npz
+from app.core.dataset_files import DatasetError, check_unpacked_size, describe, load_npz
 from app.core.models import ACTIVE_STATUSES, Dataset, Job, User
 
 
@@ -59,6 +62,9 @@ def store_upload(
     The file is staged and checked before the database is touched, and moved into place by
     a rename, so the write transaction (SQLite's one lock) is held only for an instant.
     """
+    # A zip bomb is refused by its central directory alone, which needs no slot: a burst
+    # of bombs gets its 422s, not the 429s meant for uploads whose arrays are being loaded.
+    _check_zip_headers(upload, settings.max_dataset_bytes)
     slots = validation_slots(settings)
     if not slots.acquire(blocking=False):
         raise ValidationsBusy(
@@ -69,6 +75,20 @@ def store_upload(
         return _store(session, settings, owner, name, upload, public)
     finally:
         slots.release()
+
+
+def _check_zip_headers(upload: BinaryIO, limit: int) -> None:
+    """DatasetError if `upload` is a zip whose entries declare more than `limit` bytes
+    unpacked or use a compression np.savez does not write (check_unpacked_size). Anything
+    else (empty, over the limit, not a zip, not seekable) is left to _store to say."""
+    if not upload.seekable():
+        return
+    try:
+        size = upload.seek(0, os.SEEK_END)
+        if 0 < size <= limit and zipfile.is_zipfile(upload):
+            check_unpacked_size(upload, limit)
+    finally:
+        upload.seek(0)
 
 
 def stored_bytes(session: Session, owner_id: int) -> int:
@@ -98,11 +118,14 @@ def _store(
             raise _quota_error(settings, used, 1)
     handle, staged_name = tempfile.mkstemp(dir=settings.datasets_dir / "uploads", suffix=".part")
     staged = Path(staged_name)
+    store = artifact_store(settings)
+    stored_key = None
     try:
-        copied = 0
+        copied, digest = 0, hashlib.sha256()
         with os.fdopen(handle, "wb") as out:
             while chunk := upload.read(1024 * 1024):
                 copied += len(chunk)
+                digest.update(chunk)
                 if copied > limit:
                     raise TooLarge(
                         f"file is over the limit of {limit} bytes (TRAINYARD_MAX_DATASET_BYTES)"
@@ -113,6 +136,12 @@ def _store(
         if copied == 0:
             raise DatasetError("file is empty")
         summary = describe(load_npz(staged, max_bytes=limit))
+        sha256 = digest.hexdigest()
+        # Into the artifact store, where every worker fetches it (by content: the same bytes
+        # uploaded twice are stored once). Before the row and its lock: with the database
+        # store, the chunks are written by sessions of their own.
+        if store.info(dataset_key(sha256)) is None:
+            stored_key = upload_file(store, dataset_key(sha256), staged).key
         if quota:
             # Counted again under the owner's row lock: two uploads of one user that each
             # fit alone cannot both be stored past the quota.
@@ -130,16 +159,26 @@ def _store(
             train_images=summary["train_images"],
             test_images=summary["test_images"],
             size_bytes=copied,
+            sha256=sha256,
         )
         session.add(dataset)
-        session.flush()  # assigns the id the file is named after
-        os.replace(staged, settings.dataset_path(dataset.id))
         session.commit()
     except BaseException:
         session.rollback()
-        staged.unlink(missing_ok=True)
+        if stored_key is not None:
+            _drop_unused_file(session, store, sha256)
         raise
+    finally:
+        staged.unlink(missing_ok=True)
     return dataset
+
+
+def _drop_unused_file(session: Session, store: ArtifactStore, sha256: str) -> None:
+    """Remove the stored file of `sha256` unless a dataset still names it."""
+    used = session.scalar(select(func.count()).select_from(Dataset).where(Dataset.sha256 == sha256))
+    session.rollback()
+    if not used:
+        store.delete(dataset_key(sha256))
 
 
 def visible_to(user: User) -> ColumnElement[bool]:
@@ -178,4 +217,6 @@ def delete_dataset(session: Session, settings: Settings, dataset: Dataset) -> No
         raise InUse(dataset.id, users)
     session.execute(delete(Dataset).where(Dataset.id == dataset.id))
     session.commit()
-    settings.dataset_path(dataset.id).unlink(missing_ok=True)
+    if dataset.sha256 is not None:
+        _drop_unused_file(session, artifact_store(settings), dataset.sha256)
+    settings.dataset_path(dataset.id).unlink(missing_ok=True)  # an upload from before the store

@@ -26,7 +26,21 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, connect_args=POSTGRES_TIMEOUTS)
+
+
+# A database that drops packets must not hang a worker or the API: connecting gives up after
+# 10 s, a statement after 60 s, and a connection whose peer went silent is dropped by TCP
+# within about 30 s (keepalives while idle, a user timeout while sending).
+POSTGRES_TIMEOUTS = {
+    "connect_timeout": 10,
+    "options": "-c statement_timeout=60000",
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30000,
+}
 
 
 @lru_cache

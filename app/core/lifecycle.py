@@ -41,6 +41,7 @@ from app.core.models import (
     GpuLease,
     Job,
     JobStatus,
+    LogLine,
     User,
     utcnow,
 )
@@ -219,10 +220,14 @@ def requeue(session: Session, job_id: int, attempt: int) -> bool:
     return _release_if_owned(session, job_id, rows_changed(result) == 1)
 
 
-def lose_run(session: Session, job: Job, why: str, max_lost_runs: int) -> None:
+def lose_run(
+    session: Session, job: Job, why: str, max_lost_runs: int, host_stopped: bool = True
+) -> None:
     """The run's worker is gone, and with it its trainer: running -> queued to resume from the
-    checkpoint, or -> failed (worker_lost) once `max_lost_runs` runs were lost."""
-    lost = job.lost_runs + 1
+    checkpoint, or -> failed (worker_lost) once `max_lost_runs` runs were lost. Only a run
+    lost because its host stopped counts (`host_stopped`); one that ended because the
+    database was away or the worker process crashed on a host that kept running does not."""
+    lost = job.lost_runs + (1 if host_stopped else 0)
     values: dict[str, Any] = (
         {
             "status": JobStatus.failed,
@@ -230,7 +235,7 @@ def lose_run(session: Session, job: Job, why: str, max_lost_runs: int) -> None:
             "failure_reason": FailureReason.worker_lost,
             "failure_message": f"{why}; {lost} runs lost, giving up",
         }
-        if lost >= max_lost_runs
+        if host_stopped and lost >= max_lost_runs
         else dict(_BACK_TO_QUEUE)
     )
     result = session.execute(
@@ -286,6 +291,7 @@ def delete_ended(session: Session, job_id: int) -> bool:
     # even where foreign keys are not enforced.
     session.execute(delete(Epoch).where(Epoch.job_id == job_id))
     session.execute(delete(GpuLease).where(GpuLease.job_id == job_id))
+    session.execute(delete(LogLine).where(LogLine.job_id == job_id))
     session.commit()
     return True
 

@@ -10,12 +10,14 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -25,7 +27,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -82,6 +84,9 @@ class FailureReason(enum.StrEnum):
     timeout = "timeout"
     cancelled = "cancelled"
     internal = "internal"
+    killed = "killed"  # SIGKILL from outside, with no OOM kill recorded by the kernel
+    terminated = "terminated"  # SIGTERM (or SIGINT) from outside Trainyard
+    disk_full = "disk_full"  # a checkpoint, model or log could not be written: no space
 
 
 class User(Base):
@@ -108,11 +113,14 @@ class Job(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str | None] = mapped_column(String(200))
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16), index=True, default=JobStatus.queued)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     # The submitter's Idempotency-Key: a retried POST /jobs returns the job it created.
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # spec["gpus"], kept by _copy_gpus: a scheduling pass reads it for every queued job each
+    # second, and parsing thousands of JSON specs for it was most of the pass's time.
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
     # Incremented by each claim; every write from a run names the attempt it belongs to.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     # Runs lost with their worker (not clean stops); at TRAINYARD_MAX_LOST_RUNS the job fails.
@@ -133,11 +141,28 @@ class Job(Base):
     resolved: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     failure_reason: Mapped[str | None] = mapped_column(String(32))
     failure_message: Mapped[str | None] = mapped_column(Text)
+    # Trainer log lines ever stored for the job, and how many of the oldest were dropped to
+    # keep it within Settings.max_log_lines (job_log_lines holds the difference).
+    log_lines: Mapped[int] = mapped_column(Integer, default=0)
+    log_dropped: Mapped[int] = mapped_column(Integer, default=0)
 
     owner: Mapped[User | None] = relationship()
     epochs: Mapped[list[Epoch]] = relationship(
         back_populates="job", order_by="Epoch.epoch", cascade="all, delete-orphan"
     )
+
+    @validates("spec")
+    def _copy_gpus(self, _key: str, spec: dict[str, Any]) -> dict[str, Any]:
+        self.gpus = int(spec.get("gpus", 0))
+        return spec
+
+
+# Indexes for the reads that scale with the number of jobs (migration 0009). GET /jobs with a
+# status filter pages newest first, read in order off (status, id) rather than sorting every
+# job in that status; the queue order (QUEUE_ORDER in app/core/jobs.py) among queued jobs is
+# read off (status, priority DESC, id) by the scheduler and the queue positions.
+Index("ix_jobs_status_id", Job.status, Job.id)
+Index("ix_jobs_queue_order", Job.status, Job.priority.desc(), Job.id)
 
 
 class Epoch(Base):
@@ -158,6 +183,47 @@ class Epoch(Base):
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="epochs")
+
+
+class LogLine(Base):
+    """One line of a run's trainer log (its stderr), shipped by the supervisor in batches, so
+    the API serves logs from the database wherever the run was."""
+
+    __tablename__ = "job_log_lines"
+    __table_args__ = (
+        Index("ix_job_log_lines_job_id_id", "job_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    line: Mapped[str] = mapped_column(Text)
+
+
+class Artifact(Base):
+    """A stored file (app/core/artifacts.py's database backend): its size and SHA-256; the
+    bytes are in artifact_chunks under the same key."""
+
+    __tablename__ = "artifacts"
+
+    key: Mapped[str] = mapped_column(String(500), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ArtifactChunk(Base):
+    """One CHUNK_BYTES piece of an artifact, numbered from 0. No foreign key to artifacts:
+    an upload writes its chunks under a staging key before the artifact row exists."""
+
+    __tablename__ = "artifact_chunks"
+
+    key: Mapped[str] = mapped_column(String(600), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Host(Base):
@@ -237,6 +303,9 @@ class Dataset(Base):
     train_images: Mapped[int] = mapped_column(Integer)
     test_images: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(Integer)
+    # The file's SHA-256: its key in the artifact store (datasets/<sha256>.npz) and what a
+    # worker's cached copy is checked against. None for uploads from before the store.
+    sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     owner: Mapped[User | None] = relationship()

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core import lifecycle
+from app.core.artifacts import artifact_store, job_prefix
 from app.core.config import Settings
 from app.core.models import TERMINAL_STATUSES, Job
 
@@ -20,7 +21,8 @@ def delete_job(session: Session, settings: Settings, job_id: int) -> bool:
     if not lifecycle.delete_ended(session, job_id):
         return False
     # After the commit: a crash in between leaves files without a job, never a job whose
-    # files are gone. AUTOINCREMENT ids mean no later job is given this directory.
+    # files are gone. AUTOINCREMENT ids mean no later job is given these keys or folder.
+    artifact_store(settings).delete_prefix(job_prefix(job_id))
     shutil.rmtree(settings.job_dir(job_id), ignore_errors=True)
     return True
 

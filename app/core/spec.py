@@ -62,12 +62,25 @@ BN_MOMENTUM_SMALL_DATA = 0.9
 BN_AUTO_MIN_BATCHES = 200
 
 
+# The rule between fields (TrainingSpec._one_kind_of_replica) in JSON Schema, for the OpenAPI
+# document: cpu_replicas above 0 needs gpus, given, 0 (gpus defaults to 1).
+ONE_KIND_OF_REPLICA: dict[str, Any] = {
+    "if": {"properties": {"cpu_replicas": {"minimum": 1}}, "required": ["cpu_replicas"]},
+    "then": {"properties": {"gpus": {"const": 0}}, "required": ["gpus"]},
+}
+
+
 class TrainingSpec(BaseModel):
     """One training run; the defaults are the seed's recipe (MiniGoogLeNet on CIFAR-10)."""
 
     # strict: "3" is not an int and true is not a number; a lab's script gets told, not
     # guessed at. NaN and infinities are never a setting.
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
+        json_schema_extra=ONE_KIND_OF_REPLICA,
+    )
 
     model: Literal["minigooglenet"] = Field(
         default="minigooglenet",
@@ -90,8 +103,8 @@ class TrainingSpec(BaseModel):
         default=0,
         ge=0,
         le=16,
-        description="With `gpus` 0: split the CPU into N logical devices, N real "
-        "MirroredStrategy replicas without a GPU.",
+        description="Only with `gpus` set to 0 (its default is 1): split the CPU into N "
+        "logical devices, N real MirroredStrategy replicas without a GPU.",
     )
     epochs: int = Field(default=70, ge=1, le=1000, description="Passes over the training data.")
     lr: float = Field(default=0.005, gt=0, le=10, description="Initial learning rate.")
@@ -133,6 +146,16 @@ class TrainingSpec(BaseModel):
     seed: int | None = Field(
         default=None, ge=0, le=2**31 - 1, description="Fixes initialisation and shuffling."
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral_number_is_an_integer(cls, value: Any) -> Any:
+        # JSON has one kind of number: to JSON Schema, so to the OpenAPI document's "integer",
+        # 7.0 is the integer 7 (and Python's json module writes a float 7 as 7.0). Taken as 7;
+        # 7.5, "7" and true are still refused.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
     @field_validator("dataset")
     @classmethod

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.core.artifacts import artifact_store
 from app.core.config import get_settings
 from app.main import app
 from tests.conftest import bearer
-from worker.trainer_config import trainer_config
+from worker.run_files import cached_dataset
 
 Arrays = dict[str, Any]
 
@@ -59,13 +60,15 @@ def test_good_upload_is_stored_listed_and_usable_by_jobs(client: TestClient) -> 
     assert (dataset["classes"], dataset["train_images"], dataset["test_images"]) == (4, 40, 12)
     assert client.get("/datasets").json() == [dataset]
     assert client.get(f"/datasets/{dataset['id']}").json() == dataset
-    stored = get_settings().dataset_path(dataset["id"])
-    assert np.array_equal(np.load(stored)["y_train"], good_arrays()["y_train"])
+    # Kept in the artifact store by content; a worker fetches it into its cache, checked.
+    settings = get_settings()
+    store = artifact_store(settings)
+    assert store.keys("datasets/") == [f"datasets/{dataset['sha256']}.npz"]
+    cached = cached_dataset(store, settings, dataset["sha256"])
+    assert np.array_equal(np.load(cached)["y_train"], good_arrays()["y_train"])
 
     job = client.post("/jobs", json={"dataset": dataset["id"], "gpus": 0, "epochs": 1})
-    assert job.status_code == 201
-    config = trainer_config(job.json()["spec"], get_settings())
-    assert config["dataset"] == str(stored)
+    assert job.status_code == 201 and job.json()["spec"]["dataset"] == dataset["id"]
 
 
 def drop(key: str) -> Callable[[Arrays], Arrays]:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.core import lifecycle
+from app.core.artifacts import artifact_store
 from app.core.config import get_settings
 from app.core.datasets import InUse, delete_dataset
 from app.core.db import get_session_factory
@@ -90,6 +91,12 @@ def test_a_deleted_jobs_id_is_never_given_again(clients: dict[str, TestClient]) 
     assert alice.post("/jobs", json={"gpus": 0}).json()["id"] > first
 
 
+def stored_datasets() -> list[str]:
+    """SHA-256 of each dataset file in the artifact store."""
+    keys = artifact_store(get_settings()).keys("datasets/")
+    return [key.removeprefix("datasets/").removesuffix(".npz") for key in keys]
+
+
 def dataset(client: TestClient, public: bool = False) -> dict[str, Any]:
     response = client.post(
         "/datasets",
@@ -131,11 +138,11 @@ def test_a_dataset_in_use_is_kept_until_its_jobs_end(clients: dict[str, TestClie
     job = alice.post("/jobs", json={"gpus": 0, "dataset": mine["id"]}).json()
     refused = alice.delete(f"/datasets/{mine['id']}")
     assert refused.status_code == 409 and str(job["id"]) in refused.json()["detail"]
-    path = get_settings().dataset_path(mine["id"])
-    assert path.exists() and alice.get(f"/datasets/{mine['id']}").status_code == 200
+    assert stored_datasets() == [mine["sha256"]]
+    assert alice.get(f"/datasets/{mine['id']}").status_code == 200
     alice.post(f"/jobs/{job['id']}/cancel")
     assert alice.delete(f"/datasets/{mine['id']}").status_code == 204
-    assert not path.exists()
+    assert stored_datasets() == []
     assert alice.get(f"/datasets/{mine['id']}").status_code == 404
     assert alice.get(f"/jobs/{job['id']}").status_code == 200  # the ended job keeps its record
 
@@ -206,9 +213,8 @@ def test_uploads_past_the_storage_quota_are_413_naming_it(
     assert refused.status_code == 413
     assert "TRAINYARD_MAX_STORAGE_BYTES_PER_USER" in refused.json()["detail"][0]["msg"]
     assert [d["id"] for d in alice.get("/datasets").json()] == [first["id"]]
-    assert [p.name for p in get_settings().dataset_path(0).parent.iterdir()] == [
-        f"{first['id']}.npz"
-    ]
+    assert stored_datasets() == [first["sha256"]]
+    assert list(get_settings().dataset_path(0).parent.iterdir()) == []  # nothing staged left
     dataset(bob)  # a quota per user: bob's space is his own
     assert alice.delete(f"/datasets/{first['id']}").status_code == 204
     dataset(alice)  # deleting made room

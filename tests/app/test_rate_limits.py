@@ -4,6 +4,7 @@ once. Over them: 429 with Retry-After, and nothing stored."""
 from __future__ import annotations
 
 import io
+import zipfile
 
 import numpy as np
 import pytest
@@ -70,3 +71,28 @@ def test_uploads_beyond_the_ones_being_checked_are_429(tokens: dict[str, str]) -
         for _ in range(taken):
             slots.release()
     assert client.post("/datasets", files={"file": ("d.npz", npz())}).status_code == 201
+
+
+def test_a_zip_bomb_is_422_even_while_every_upload_slot_is_taken(
+    tokens: dict[str, str],
+) -> None:
+    """The slots bound the memory of loading arrays; an archive refused by its headers alone
+    (declared sizes, compression method) needs none, so a burst of bombs gets 422s."""
+    client = TestClient(app, headers=bearer(tokens["alice"]))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_BZIP2) as archive:
+        archive.writestr("x_train.npy", b"\0" * 100_000)
+    slots = validation_slots(get_settings())
+    taken = 0
+    while slots.acquire(blocking=False):
+        taken += 1
+    try:
+        bomb = client.post("/datasets", files={"file": ("bomb.npz", buffer.getvalue())})
+        assert bomb.status_code == 422, bomb.text
+        assert "compression method 12" in bomb.json()["detail"][0]["msg"]
+        # A file whose headers are fine still waits for a slot.
+        assert client.post("/datasets", files={"file": ("d.npz", npz())}).status_code == 429
+    finally:
+        for _ in range(taken):
+            slots.release()
+    assert client.get("/datasets").json() == []

@@ -191,3 +191,16 @@ def test_checkpoint_store_keeps_two_and_skips_a_corrupt_newest(tmp_path: Path) -
     fallback = store.latest()
     assert fallback is not None and fallback.epoch == 2
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+
+
+def test_a_checkpoint_that_does_not_fit_on_the_disk_leaves_no_partial_file(
+    tmp_path: Path,
+) -> None:
+    from tests.full_disk import small_tmpfs
+
+    with small_tmpfs(tmp_path / "disk", size="1m") as disk:
+        store = CheckpointStore(disk / "checkpoints")
+        store.save(1, [np.zeros(10)], [], {"history": []})
+        with pytest.raises(OSError, match="No space left"):
+            store.save(2, [np.zeros(400_000)], [], {"history": []})  # 3.2 MB
+        assert sorted(p.name for p in (disk / "checkpoints").iterdir()) == ["epoch-0001.npz"]

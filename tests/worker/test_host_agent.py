@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -31,6 +31,7 @@ from tests.fake_trainer import FAKE, live_in_group, wait_until
 from worker.broker import RUN_JOB_TASK, make_celery
 from worker.host_agent import HostAgent
 from worker.inventory import host_queue
+from worker.procfs import boot_time
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -307,13 +308,27 @@ def test_register_kills_orphaned_trainers_and_requeues_their_jobs(
     assert wait_until(lambda: not live_in_group(orphan), 5, "the orphan's group killed") is True
     assert len(live_in_group(bystander)) == 2
     requeued = job(job_id)
+    # The worker process died, not the machine: not a lost run.
     assert (requeued.status, requeued.host, requeued.lost_runs, requeued.failure_reason) == (
         JobStatus.queued,
         None,
-        1,
+        0,
         None,
     )
     assert leases(job_id) == [(HOST, 0, False)]
+
+
+def before_boot(job_id: int) -> None:
+    """Date the run's last heartbeat before this machine's boot, as after a power cut."""
+    booted = boot_time()
+    assert booted is not None
+    with get_session_factory()() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(heartbeat_at=datetime.fromtimestamp(booted - 60, UTC))
+        )
+        session.commit()
 
 
 def test_job_fails_as_worker_lost_after_max_lost_runs(
@@ -329,6 +344,7 @@ def test_job_fails_as_worker_lost_after_max_lost_runs(
             with get_session_factory()() as session:
                 assert lifecycle.claim(session, job_id, HOST) is not None
         orphan = start_orphan(orphans, agent.settings.job_dir(job_id))
+        before_boot(job_id)  # the machine went down with the run, and came back
         agent.register()
         wait_until(lambda pgid=orphan: not live_in_group(pgid), 5, "the orphan killed")
         assert job(job_id).lost_runs == lost
@@ -338,7 +354,9 @@ def test_job_fails_as_worker_lost_after_max_lost_runs(
         "worker_lost",
         2,
     )
-    assert f"worker on {HOST} restarted; 2 runs lost" in (failed.failure_message or "")
+    assert f"worker on {HOST} restarted after the machine rebooted; 2 runs lost" in (
+        failed.failure_message or ""
+    )
     assert leases(job_id) == [(HOST, 0, False), (HOST, 0, False)]
     agent.schedule_once()  # a failed job is never placed again
     assert sent(celery, host_queue(agent.settings)) == []

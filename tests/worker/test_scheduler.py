@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from app.core import lifecycle
 from app.core.config import get_settings
 from app.core.db import get_session_factory
-from app.core.models import Gpu, GpuLease, Job, JobStatus, utcnow
+from app.core.models import Gpu, GpuLease, Host, Job, JobStatus, utcnow
 from app.core.users import create_user
 from tests.conftest import register_test_host
 from worker.reconcile import reconcile
@@ -144,9 +144,16 @@ def test_no_host_big_enough_explains_itself(owners: dict[str, int]) -> None:
     )
 
 
-def silence(job_id: int) -> None:
-    """Make the job's run look silent for an hour (its supervisor died)."""
+def silence(job_id: int, host_too: bool = True) -> None:
+    """Make the job's run look silent for an hour (its supervisor died), and its host too
+    unless `host_too` is False (then only the run went quiet; its host still heartbeats)."""
     with get_session_factory()() as session:
+        if host_too:
+            session.execute(
+                update(Host)
+                .where(Host.name == "test-host")
+                .values(last_heartbeat=utcnow() - timedelta(seconds=3600))
+            )
         session.execute(
             update(Job)
             .where(Job.id == job_id)
@@ -166,7 +173,24 @@ def test_silent_run_is_requeued_and_its_gpus_freed(owners: dict[str, int]) -> No
         reconcile(session, get_settings())
     lost = job(job_id)
     assert (lost.status, lost.host, lost.attempt, lost.lost_runs) == (JobStatus.queued, None, 1, 1)
+    register_test_host(gpus=2)  # the host comes back
     assert run_pass() == {job_id: (0, 1)}  # the GPUs are free again
+
+
+def test_a_silent_run_on_a_live_host_is_requeued_without_counting(
+    owners: dict[str, int],
+) -> None:
+    # Its supervisor lost the database for a while and stopped it; the host never stopped.
+    register_test_host(gpus=1)
+    job_id = submit(owners["alice"], 1)
+    run_pass()
+    with get_session_factory()() as session:
+        assert lifecycle.claim(session, job_id, "test-host") is not None
+    silence(job_id, host_too=False)
+    with get_session_factory()() as session:
+        reconcile(session, get_settings().model_copy(update={"max_lost_runs": 1}))
+    requeued = job(job_id)
+    assert (requeued.status, requeued.lost_runs) == (JobStatus.queued, 0)
 
 
 def test_a_live_run_is_left_alone(owners: dict[str, int]) -> None:
@@ -188,6 +212,7 @@ def test_only_lost_runs_count_towards_max_lost_runs(owners: dict[str, int]) -> N
             claim = lifecycle.claim(session, job_id, "test-host")
             assert claim is not None and lifecycle.requeue(session, job_id, claim.attempt)
     for lost in (1, 2):
+        register_test_host(gpus=1)  # up again after the last loss
         run_pass()
         with get_session_factory()() as session:
             assert lifecycle.claim(session, job_id, "test-host") is not None

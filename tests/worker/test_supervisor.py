@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -25,7 +26,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core import lifecycle
 from app.core.config import Settings, get_settings
 from app.core.db import get_session_factory, make_engine
-from app.core.models import Epoch, FailureReason, GpuLease, Job, JobStatus, User, utcnow
+from app.core.models import (
+    Epoch,
+    FailureReason,
+    GpuLease,
+    Host,
+    Job,
+    JobStatus,
+    LogLine,
+    User,
+    utcnow,
+)
 from app.core.spec import JobSpec
 from app.core.users import create_user
 from tests.conftest import register_test_host
@@ -266,10 +277,26 @@ LOG_TAIL = "--- last lines of train.log ---"
         ),
         pytest.param(
             ["started", "epoch:1", "log:allocating 80 GiB", "kill"],
-            FailureReason.oom,
-            "the trainer was killed (SIGKILL), most often by the kernel's OOM killer",
+            FailureReason.killed,  # the kernel recorded no OOM kill: not called oom
+            "the trainer was killed (SIGKILL) from outside Trainyard; the kernel recorded no "
+            "OOM kill in this cgroup",
             "allocating 80 GiB",
             id="sigkill",
+        ),
+        pytest.param(
+            ["started", "epoch:1", "log:still training", "term"],
+            FailureReason.terminated,
+            "the trainer was ended by SIGTERM from outside Trainyard (not a cancel or a worker "
+            "shutdown)",
+            "still training",
+            id="sigterm_from_outside",
+        ),
+        pytest.param(
+            ["started", "log:saving", "failed:disk_full:no space left on the device", "exit:5"],
+            FailureReason.disk_full,
+            "no space left on the device",
+            "saving",
+            id="disk_full",
         ),
         pytest.param(
             ["started", "log:Traceback (most recent call last):", "log:RuntimeError: x", "exit:1"],
@@ -311,6 +338,49 @@ def test_failed_run_records_reason_and_message(
     # Epochs stored before the failure stay; the GPUs are free again.
     assert [e[0] for e in epochs(job_id)] == ([1] if "epoch:1" in steps else [])
     assert leases(job_id) == [(0, False)]
+
+
+def test_a_sigkill_is_oom_when_the_kernel_recorded_an_oom_kill(
+    owner: User, runs: Runs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cgroup's oom_kill counter (worker.procfs.oom_kills) went up while the trainer ran.
+    readings = iter([3, 4])
+    monkeypatch.setattr("worker.supervisor.oom_kills", lambda: next(readings))
+    job_id = placed_job(owner, gpus=1)
+    runs.start(settings_for("started", "kill"), job_id).result(timeout=20)
+    failed = job(job_id)
+    assert failed.failure_reason == FailureReason.oom
+    assert (failed.failure_message or "").startswith("the trainer was killed by the kernel's OOM")
+
+
+def test_a_killed_run_is_retried_from_its_checkpoint_when_set(owner: User, runs: Runs) -> None:
+    job_id = placed_job(owner, gpus=1)
+    settings = settings_for("started", "epoch:1", "kill", retry_killed_runs=True)
+    runs.start(settings, job_id).result(timeout=20)
+    requeued = job(job_id)
+    assert (requeued.status, requeued.lost_runs, requeued.failure_reason) == (
+        JobStatus.queued,
+        1,
+        None,
+    )
+    assert leases(job_id) == [(0, False)]
+
+
+def test_the_failure_message_quotes_the_training_not_tensorflow_noise(
+    owner: User, runs: Runs
+) -> None:
+    job_id = placed_job(owner, gpus=1)
+    noise = [
+        "log:2026-11-27 02:00:00.123456: I tensorflow/core/util/port.cc:153] oneDNN custom "
+        "operations are on.",
+        "log:I0000 00:00:1764208800.123456   42 cpu_feature_guard.cc:210] This TensorFlow "
+        "binary is optimized to use available CPU instructions",
+        "log:WARNING: All log messages before absl::InitializeLog() is called go to STDERR",
+    ]
+    steps = ["started", "log:loading digits", "log:ValueError: bad shape", *noise, "exit:1"]
+    runs.start(settings_for(*steps, log_tail_lines=2), job_id).result(timeout=20)
+    quoted = (job(job_id).failure_message or "").split(f"{LOG_TAIL}\n")[1].splitlines()
+    assert quoted == ["loading digits", "ValueError: bad shape"]
 
 
 def test_failure_message_keeps_only_the_last_log_lines(owner: User, runs: Runs) -> None:
@@ -481,11 +551,13 @@ def test_unreachable_database_stops_the_run_and_the_reconciler_requeues_it(
         session.commit()
         reconcile(session, settings)
     requeued = job(job_id)
+    # Its host kept heartbeating: the database was away, the host never stopped. Not a lost
+    # run, so an outage cannot fail jobs as worker_lost.
     assert (requeued.status, requeued.host, requeued.attempt, requeued.lost_runs) == (
         JobStatus.queued,
         None,
         1,
-        1,
+        0,
     )
     assert leases(job_id) == [(0, False), (1, False)]
 
@@ -537,3 +609,183 @@ def test_an_unreaped_zombie_in_the_group_does_not_hang_the_supervisor(
         reaper.paused.clear()  # an init reaps the zombie at last: the supervisor returns
         future.result(timeout=10)
     assert job(job_id).status == JobStatus.cancelled
+
+
+# -- the log -------------------------------------------------------------------------------
+
+
+def stored_lines(job_id: int) -> list[tuple[int, str]]:
+    with get_session_factory()() as session:
+        rows = session.execute(
+            select(LogLine.attempt, LogLine.line)
+            .where(LogLine.job_id == job_id)
+            .order_by(LogLine.id)
+        )
+        return [(attempt, line) for attempt, line in rows]
+
+
+def test_log_lines_reach_the_database_while_the_trainer_runs(owner: User, runs: Runs) -> None:
+    job_id = placed_job(owner)
+    settings = settings_for("started", "log:loading data", "log:bad\\x00byte " + "x" * 9000, "hang")
+    runs.start(settings, job_id)
+    # Shipped at least once a second, while the trainer still runs (it hangs here).
+    wait_until(lambda: len(stored_lines(job_id)) >= 3, 5, "three stored log lines")
+    lines = stored_lines(job_id)
+    assert lines[0][0] == 1 and lines[0][1].startswith(f"=== attempt 1 on {HOST}")
+    assert lines[1] == (1, "loading data")
+    # NUL (PostgreSQL text refuses it) replaced, a runaway line cut.
+    assert lines[2][1].startswith("bad\ufffdbyte xxx") and "more characters]" in lines[2][1]
+    assert len(lines[2][1]) < 8300
+    assert job(job_id).status == JobStatus.running  # the fixture's shutdown stops it
+
+
+def test_the_log_is_served_from_the_database_bounded_per_job(
+    owner: User, runs: Runs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.core.users import create_user
+    from app.main import app
+    from tests.conftest import bearer
+
+    job_id = placed_job(owner)
+    settings = settings_for("started", "lines:250", "failed:internal:boom", max_log_lines=100)
+    runs.start(settings, job_id).result(timeout=20)
+    lines = stored_lines(job_id)  # 251 with the attempt's header: the newest 100 kept
+    assert [line for _, line in lines] == [f"line {n}" for n in range(151, 251)]
+    assert (job(job_id).log_lines, job(job_id).log_dropped) == (251, 151)
+    # A worker with a data directory of its own: the API has no train.log, only the database.
+    (settings.job_dir(job_id) / "train.log").unlink()
+    with get_session_factory()() as session:
+        root = create_user(session, "root", is_admin=True)[1]
+    client = TestClient(app, headers=bearer(root))
+    whole = client.get(f"/jobs/{job_id}/logs")
+    assert whole.status_code == 200
+    assert whole.text.startswith("[... 151 earlier lines dropped")
+    assert whole.text.endswith("line 249\nline 250\n")
+    assert client.get(f"/jobs/{job_id}/logs", params={"tail": 2}).text == "line 249\nline 250\n"
+    marked = client.get(f"/jobs/{job_id}/logs", params={"tail": 500}).text
+    assert marked.startswith("[... 151 earlier") and marked.count("\n") == 101
+
+
+def test_a_stale_run_cannot_add_to_the_log(owner: User, db: Path) -> None:
+    from worker.runs import append_log
+
+    job_id = placed_job(owner)
+    with get_session_factory()() as session:
+        claim = lifecycle.claim(session, job_id, HOST)
+        assert claim is not None
+        assert append_log(session, job_id, claim.attempt, ["fresh"], 100)
+        assert not append_log(session, job_id, claim.attempt - 1, ["stale"], 100)
+    assert stored_lines(job_id) == [(1, "fresh")]
+
+
+# -- files in the artifact store -----------------------------------------------------------
+
+
+def test_a_job_resumes_on_another_host_from_its_stored_checkpoint(
+    owner: User, runs: Runs, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.core.artifacts import artifact_store
+    from app.main import app
+    from tests.conftest import bearer
+
+    job_id = placed_job(owner, gpus=2)
+    first = runs.start(settings_for("started", "epoch:1", "epoch:2", "hang"), job_id)
+    wait_for_epoch(job_id, 2)
+    runs.shutdown.set()  # host A stops; its data directory is not seen again
+    assert first.result(timeout=10) is not None
+    runs.shutdown.clear()
+    store = artifact_store(get_settings())
+    assert [k.rsplit("/", 1)[1] for k in store.keys(f"jobs/{job_id}/")] == [
+        "epoch-0001.a1.npz",
+        "epoch-0002.a1.npz",
+    ]
+    # Host B: its own data directory, sharing only the database. Host A is gone.
+    other = settings_for(
+        "checkpoints",
+        "started",
+        "epoch:3",
+        "finished",
+        worker_name="host-b",
+        data_dir=tmp_path / "b",
+    )
+    register_test_host("host-b", gpus=2)
+    with get_session_factory()() as session:
+        session.execute(
+            update(Host)
+            .where(Host.name == HOST)
+            .values(last_heartbeat=utcnow() - timedelta(hours=1))
+        )
+        session.commit()
+        assert [(p.job_id, p.host) for p in schedule(session, get_settings())] == [
+            (job_id, "host-b")
+        ]
+    outcome = runs.start(other, job_id).result(timeout=20)
+    assert outcome is not None and outcome.finished
+    # Host B's trainer found host A's newest checkpoint where it looks for one.
+    assert (2, "checkpoints found: ['epoch-0002.npz'] [b'fake checkpoint']") in stored_lines(job_id)
+    done = job(job_id)
+    assert (done.status, done.host, done.attempt) == (JobStatus.succeeded, "host-b", 2)
+    # Ended: the stored checkpoints go; the model of the attempt that finished stays.
+    assert store.keys(f"jobs/{job_id}/") == [f"jobs/{job_id}/model.a2.keras"]
+    with get_session_factory()() as session:
+        token = create_user(session, "root", is_admin=True)[1]
+    response = TestClient(app, headers=bearer(token)).get(f"/jobs/{job_id}/model")
+    assert response.status_code == 200 and response.content == b"fake model"
+
+
+# -- a full disk ---------------------------------------------------------------------------
+
+
+def test_a_full_disk_fails_the_job_naming_it_and_keeps_no_lease(
+    owner: User, runs: Runs, tmp_path: Path
+) -> None:
+    from tests.full_disk import fill, small_tmpfs
+
+    job_id = placed_job(owner, gpus=1)
+    with small_tmpfs(tmp_path / "disk") as disk:
+        fill(disk)
+        settings = settings_for("started", "finished", data_dir=disk)
+        runs.start(settings, job_id).result(timeout=20)
+    failed = job(job_id)
+    assert (failed.status, failed.failure_reason) == (JobStatus.failed, FailureReason.disk_full)
+    assert str(disk / "jobs") in (failed.failure_message or "")
+    assert "bytes free" in (failed.failure_message or "")
+    assert leases(job_id) == [(0, False)]
+
+
+@pytest.mark.parametrize("database_url", [""], ids=["sqlite"])  # PostgreSQL has its own disk
+def test_the_disk_reserve_lets_a_failure_be_recorded_on_a_full_disk(
+    owner: User, runs: Runs, tmp_path: Path
+) -> None:
+    """The embedded database lives on the data directory's disk: when a trainer fills it,
+    the reserve set aside by the host agent is freed, so the failure can still be written."""
+    from app.core.disk import keep_reserve, reserve_path
+    from tests.full_disk import fill, small_tmpfs
+
+    job_id = placed_job(owner, gpus=1)
+    database = get_settings().data_dir / "trainyard.db"
+    with small_tmpfs(tmp_path / "disk", size="40m") as disk:
+        moved = disk / "trainyard.db"
+        with sqlite3.connect(database) as source, sqlite3.connect(moved) as copy:
+            source.backup(copy)
+        engine = make_engine(f"sqlite:///{moved}")
+        factory = sessionmaker(bind=engine, expire_on_commit=False)
+        settings = settings_for(
+            "started", "sleep:1", "failed:disk_full:no space left", "exit:5", data_dir=disk
+        )
+        keep_reserve(disk)
+        assert reserve_path(disk).exists()
+        future = runs.start(settings, job_id, factory)
+        time.sleep(0.5)
+        fill(disk)  # while it trains: nothing can be written any more
+        future.result(timeout=20)
+        with factory() as session:
+            failed = session.get(Job, job_id)
+            assert failed is not None
+            assert (failed.status, failed.failure_reason) == ("failed", "disk_full")
+        assert not reserve_path(disk).exists()
+        engine.dispose()

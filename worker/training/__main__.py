@@ -32,13 +32,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+from app.core.disk import disk_full_message, is_disk_full
 from app.core.spec import TrainingSpec
 from app.core.spec_flags import add_spec_flags, spec_values
 
 from .config import UserError, load_config
 from .events import HumanReporter, JsonReporter, Reporter
 
-EXIT_CODES = {"user_error": 2, "nan_loss": 3, "oom": 4, "internal": 1}
+EXIT_CODES = {"user_error": 2, "nan_loss": 3, "oom": 4, "disk_full": 5, "internal": 1}
 EXIT_PARENT_GONE = 1
 RUNS_FOLDER = Path("trainyard-runs")  # relative: under the directory the trainer runs in
 
@@ -135,8 +136,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m worker.training")
         reporter = JsonReporter(event_fd)
     else:
         reporter = HumanReporter()
+    workdir = Path()  # where a full disk is reported to be, until --workdir is known
     try:
         args = build_parser(prog).parse_args(argv)
+        workdir = Path(getattr(args, "workdir", "."))
         if getattr(args, "exit_on_stdin_eof", False):
             _watch_stdin()
         config = config_from_args(args)
@@ -154,6 +157,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m worker.training")
     except UserError as error:
         return _fail(reporter, "user_error", str(error))
     except Exception as error:
+        if is_disk_full(error):
+            return _fail(reporter, "disk_full", disk_full_message(error, workdir))
         traceback.print_exc(file=sys.stderr)
         message = " ".join(f"internal error: {type(error).__name__}: {error}".split())
         return _fail(reporter, "internal", message[:500])

@@ -67,11 +67,15 @@ class CheckpointStore:
         arrays: dict[str, np.ndarray] = {"state": np.array(json.dumps(state))}
         arrays.update({f"model_{i:04d}": w for i, w in enumerate(model_weights)})
         arrays.update({f"optimizer_{i:04d}": v for i, v in enumerate(optimizer_variables)})
-        with open(temporary, "wb") as handle:
-            np.savez(handle, **arrays)  # type: ignore[arg-type]
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, final)
+        try:
+            with open(temporary, "wb") as handle:
+                np.savez(handle, **arrays)  # type: ignore[arg-type]
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, final)
+        except BaseException:
+            temporary.unlink(missing_ok=True)  # a full disk must not also keep half a file
+            raise
         self._fsync_folder()
         self.prune()
         return final
