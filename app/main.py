@@ -9,6 +9,7 @@ from app.api import api_router, errors
 from app.api.body_limit import FORM_OVERHEAD_BYTES, BodyLimit, Limit
 from app.api.early_auth import AuthenticateBeforeBody
 from app.api.health import database_unavailable
+from app.api.metrics import RequestTimer
 from app.core.config import get_settings, make_files_private
 
 make_files_private()  # also when served as `uvicorn app.main:app`
@@ -42,6 +43,7 @@ def _body_limit(content_type: str) -> Limit:
 app.add_middleware(BodyLimit, limit_for=_body_limit)
 # Added last, so it runs first: a body is neither counted nor read before the token is checked.
 app.add_middleware(AuthenticateBeforeBody)
+app.add_middleware(RequestTimer)  # outermost: every answer is timed, early refusals too
 app.include_router(api_router)
 
 

@@ -43,6 +43,7 @@ class HostAgent(threading.Thread):
         self.session_factory = session_factory
         self.celery = celery
         self.stop = stop
+        self.last_pass_seconds: float | None = None
 
     def run(self) -> None:
         registered = False
@@ -77,14 +78,16 @@ class HostAgent(threading.Thread):
         gpus, _ = discover(self.settings.simulated_gpus)
         own = pids_in_process_groups(set(TRAINER_PGIDS))
         with self.session_factory() as session:
-            heartbeat_host(session, self.settings, gpus, own)
+            heartbeat_host(session, self.settings, gpus, own, self.last_pass_seconds)
         keep_reserve(self.settings.data_dir)  # put back once a full disk has room again
 
     def schedule_once(self) -> None:
         with self.session_factory() as session:
             resend = reconcile(session, self.settings)
+        started = time.monotonic()
         with self.session_factory() as session:
             placed = schedule(session, self.settings)
+        self.last_pass_seconds = time.monotonic() - started  # reported with the heartbeat
         for placement in [*resend, *placed]:
             self.send(placement)
 

@@ -41,14 +41,20 @@ def register_host(session: Session, settings: Settings, gpus: list[GpuInfo], sou
 
 
 def heartbeat_host(
-    session: Session, settings: Settings, gpus: list[GpuInfo], own_pids: set[int]
+    session: Session,
+    settings: Settings,
+    gpus: list[GpuInfo],
+    own_pids: set[int],
+    last_pass_seconds: float | None = None,
 ) -> None:
-    """Refresh the host's heartbeat and each GPU's memory, use and foreign processes."""
+    """Refresh the host's heartbeat, its last scheduling pass's duration, and each GPU's
+    memory, use and foreign processes."""
     host = session.get(Host, settings.worker_name)
     if host is None:  # removed by an operator: register again
         register_host(session, settings, gpus, "simulated" if settings.simulated_gpus else "nvml")
         return
     host.last_heartbeat = utcnow()
+    host.last_pass_seconds = last_pass_seconds
     rows = {row.index: row for row in session.scalars(select(Gpu).where(Gpu.host == host.name))}
     for info in gpus:
         fresh = _gpu_row(host.name, info, own_pids)

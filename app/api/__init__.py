@@ -2,10 +2,11 @@
 
 from fastapi import APIRouter
 
-from app.api import datasets, gpus, health, jobs
+from app.api import datasets, gpus, health, jobs, metrics
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(jobs.router)
 api_router.include_router(datasets.router)
 api_router.include_router(gpus.router)
+api_router.include_router(metrics.router)

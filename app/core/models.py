@@ -238,6 +238,8 @@ class Host(Base):
     cpu_slots: Mapped[int] = mapped_column(Integer, default=1)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_heartbeat: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # How long this host's worker took for its last scheduling pass (GET /metrics).
+    last_pass_seconds: Mapped[float | None] = mapped_column(Float)
 
     gpus: Mapped[list[Gpu]] = relationship(order_by="Gpu.index", cascade="all, delete-orphan")
 

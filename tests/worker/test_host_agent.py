@@ -177,6 +177,10 @@ def test_schedule_once_places_jobs_and_sends_them_to_the_hosts_queue(
     # Nothing new, nothing overdue: the next pass sends nothing.
     agent.schedule_once()
     assert sent(celery, host_queue(agent.settings)) == []
+    # The pass's duration reaches the database with the next heartbeat (GET /metrics).
+    agent.heartbeat()
+    reported = host()
+    assert reported is not None and 0 < (reported.last_pass_seconds or 0) < 30
 
 
 def test_placed_job_of_a_silent_host_goes_back_to_the_queue(owner: User, celery: Celery) -> None:

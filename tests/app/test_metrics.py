@@ -1,0 +1,74 @@
+"""GET /metrics: what Prometheus scrapes, read from the database so any API process gives the
+box's figures; both backends. Parsed with prometheus-client's own parser."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
+
+from app.core.db import get_session_factory
+from app.core.models import Epoch, Host
+from app.main import app
+from tests.conftest import bearer, place_and_claim, register_test_host
+
+
+def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+@pytest.fixture
+def client(tokens: dict[str, str]) -> TestClient:
+    return TestClient(app, headers=bearer(tokens["alice"]))
+
+
+def test_scraping_needs_a_token(db: Path) -> None:
+    assert TestClient(app).get("/metrics").status_code == 401
+
+
+def test_the_box_in_figures(client: TestClient) -> None:
+    register_test_host(gpus=4)
+    running = client.post("/jobs", json={"gpus": 2}).json()["id"]
+    client.post("/jobs", json={"gpus": 0})  # stays queued: no CPU slot is claimed here
+    place_and_claim(running)
+    with get_session_factory()() as session:
+        for epoch, seconds in ((1, 1.5), (2, 3.0), (3, 100.0)):
+            session.add(Epoch(job_id=running, epoch=epoch, attempt=1, seconds=seconds))
+        session.execute(update(Host).values(last_pass_seconds=0.012))
+        session.commit()
+    client.get(f"/jobs/{running}")
+    first = scrape(client)
+
+    assert first[("trainyard_jobs", (("status", "running"),))] == 1
+    assert first[("trainyard_jobs", (("status", "queued"),))] in (0, 1)  # placed or not yet
+    assert first[("trainyard_jobs", (("status", "succeeded"),))] == 0
+    host = (("host", "test-host"),)
+    assert first[("trainyard_gpus", (*host, ("state", "leased")))] == 2
+    assert first[("trainyard_gpus", (*host, ("state", "free")))] == 2
+    assert first[("trainyard_scheduling_pass_seconds", host)] == pytest.approx(0.012)
+    epochs = {
+        le: first[("trainyard_epoch_seconds_bucket", (("le", le),))]
+        for le in ("2.0", "5.0", "120.0", "+Inf")
+    }
+    assert epochs == {"2.0": 1, "5.0": 2, "120.0": 3, "+Inf": 3}
+    assert first[("trainyard_epoch_seconds_sum", ())] == pytest.approx(104.5)
+    assert first[("trainyard_queue_wait_seconds_count", ())] == 1  # one job started
+    route = (("method", "GET"), ("route", "/jobs/{job_id}"), ("status", "200"))
+    assert first[("trainyard_http_request_duration_seconds_count", route)] >= 1
+
+    # GPU-seconds grow while the leases are held: two GPUs, so twice the time.
+    time.sleep(0.5)
+    held = ("trainyard_gpu_seconds_total", (("user", "alice"),))
+    grown = scrape(client)[held] - first[held]
+    assert 0.9 <= grown <= 10
