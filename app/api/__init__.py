@@ -2,11 +2,12 @@
 
 from fastapi import APIRouter
 
-from app.api import datasets, gpus, health, jobs, metrics
+from app.api import datasets, gpus, health, jobs, metrics, plots
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(jobs.router)
 api_router.include_router(datasets.router)
 api_router.include_router(gpus.router)
+api_router.include_router(plots.router)
 api_router.include_router(metrics.router)

@@ -1,6 +1,7 @@
 """/jobs: submit, list, read, follow (metrics, plot, log), download the model, cancel, delete."""
 
 import csv
+import hashlib
 import io
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
@@ -22,7 +23,7 @@ from app.core.datasets import get_dataset
 from app.core.db import get_session_factory
 from app.core.hosts import live_hosts, too_few_gpus
 from app.core.logs import stored_log, stored_tail, tail_lines
-from app.core.models import EPOCH_METRICS, Job, JobStatus, utcnow
+from app.core.models import EPOCH_METRICS, Epoch, Job, JobStatus, utcnow
 from app.core.plots import chart_title, history_png
 from app.core.spec import MAX_ID, JobSpec
 
@@ -183,14 +184,37 @@ def get_metrics(
 @router.get(
     "/{job_id}/plot.png",
     response_class=Response,
-    responses={**NOT_FOUND, 200: {"content": {"image/png": {}}}},
+    responses={
+        **NOT_FOUND,
+        200: {"content": {"image/png": {}}},
+        304: {"description": "If-None-Match holds the current ETag: no epoch was added."},
+    },
 )
-def get_plot(job_id: JobId, session: SessionDep) -> Response:
-    """The seed's loss/accuracy chart of the epochs recorded so far, as PNG."""
+def get_plot(
+    job_id: JobId,
+    session: SessionDep,
+    if_none_match: Annotated[
+        str | None, Header(max_length=1000, description="An ETag of an earlier answer.")
+    ] = None,
+) -> Response:
+    """The seed's loss/accuracy chart of the epochs recorded so far, as PNG. Its ETag changes
+    only when an epoch is recorded (or re-recorded by a later attempt), so a page polling it
+    redraws nothing until then."""
     job = _job_or_404(session, job_id)
-    title = chart_title(job.spec["model"], job.spec["dataset"])
     epochs = job_queries.list_epochs(session, job_id)
-    return Response(history_png(epochs, title), media_type="image/png")
+    etag = epochs_etag(job_id, epochs)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    title = chart_title(job.spec["model"], job.spec["dataset"])
+    return Response(history_png(epochs, title), media_type="image/png", headers=headers)
+
+
+def epochs_etag(job_id: int, epochs: list[Epoch]) -> str:
+    """A strong ETag of a chart: which epochs it draws, and from which records."""
+    seen = ";".join(f"{e.epoch}:{e.attempt}:{e.recorded_at.isoformat()}" for e in epochs)
+    digest = hashlib.sha256(f"{job_id}|{seen}".encode()).hexdigest()[:32]
+    return f'"{digest}"'
 
 
 @router.get(

@@ -57,3 +57,32 @@ def history_png(epochs: Sequence[Mapping[str, Any] | Any], title: str) -> bytes:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+METRIC_LABELS = {
+    "loss": "train loss",
+    "accuracy": "train accuracy",
+    "val_loss": "validation loss",
+    "val_accuracy": "validation accuracy",
+    "lr": "learning rate",
+    "seconds": "seconds per epoch",
+}
+
+
+def compare_png(runs: Sequence[tuple[str, Sequence[Any]]], metric: str) -> bytes:
+    """One line per run (legend label, its epoch records): `metric` per epoch, as PNG."""
+    with style_context("ggplot"):
+        figure = Figure(figsize=(6.4, 4.8))
+        axes = figure.subplots()
+        for label, records in runs:
+            numbers = [record.epoch for record in records]
+            values = [getattr(record, metric) for record in records]
+            axes.plot(numbers, [float("nan") if v is None else v for v in values], label=label)
+        axes.set_title(f"{METRIC_LABELS[metric]} per epoch")
+        axes.set_xlabel("Epoch #")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_ylabel(METRIC_LABELS[metric])
+        axes.legend()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+    return buffer.getvalue()
