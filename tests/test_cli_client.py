@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.cli.client import Client, default_token
@@ -51,25 +52,51 @@ def test_an_explicit_token_goes_wherever_it_is_told(
     assert default_token("https://lab-server.example:8000") == "ty_mine"
 
 
-def test_status_shows_job_names_as_text_not_markup(tmp_path: Path) -> None:
+def test_client_commands_print_text_and_manage_datasets(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = service_env(data_dir, url=base_url)
     token = add_user(env, "operator", admin=True)
     names = ["[/evil]", "[bold red]loud[/bold red]", "plain"]
-    with processes([["api", "--port", str(port)]], env, tmp_path / "logs"):
-        wait_healthy(base_url)
-        with api_client(base_url, token) as client:
-            for name in names:
-                assert client.post("/jobs", json={"name": name, "gpus": 0}).status_code == 201
-        shown = subprocess.run(
-            [sys.executable, "-m", "app.cli", "status"],
+
+    def trainyard(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", *args],
             env={**env, "TRAINYARD_TOKEN": token, "COLUMNS": "200"},
             capture_output=True,
             text=True,
             timeout=60,
         )
+
+    rng = np.random.default_rng(0)
+    archive = tmp_path / "tiny.npz"
+    np.savez(
+        archive,
+        x_train=rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8),
+        y_train=np.arange(20) % 2,
+        x_test=rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8),
+        y_test=np.arange(6) % 2,
+    )
+    with processes([["api", "--port", str(port)]], env, tmp_path / "logs"):
+        wait_healthy(base_url)
+        with api_client(base_url, token) as client:
+            ids = [client.post("/jobs", json={"name": n, "gpus": 0}).json()["id"] for n in names]
+            client.post(f"/jobs/{ids[-1]}/cancel")
+        shown = trainyard("status")
+        deleted = trainyard("delete", str(ids[-1]))
+        uploaded = trainyard("datasets", "upload", str(archive), "--name", "[tiny]", "--public")
+        listed = trainyard("datasets", "list")
+        dropped = trainyard("datasets", "delete", "1")
+        after = trainyard("datasets", "list")
+    # Text, not markup: a job named "[/evil]" is shown as it is, not parsed.
     assert shown.returncode == 0, shown.stderr
     for name in names:
         assert name in shown.stdout
+    assert deleted.returncode == 0 and f"job {ids[-1]} deleted" in deleted.stdout
+    assert uploaded.returncode == 0, uploaded.stdout + uploaded.stderr
+    assert "dataset 1 [tiny]: 20 train / 6 test images of 8x8x1, 2 classes (public)" in (
+        uploaded.stdout.replace("\n", "")
+    )
+    assert listed.returncode == 0 and "[tiny]" in listed.stdout and "operator" in listed.stdout
+    assert dropped.returncode == 0 and "[tiny]" not in after.stdout

@@ -1,4 +1,5 @@
-"""`trainyard` commands that talk to a running service: submit, status, logs, plot, cancel, gpus."""
+"""`trainyard` commands that talk to a running service: submit, status, logs, plot, cancel,
+delete, gpus, datasets upload/list/delete."""
 
 from __future__ import annotations
 
@@ -215,6 +216,70 @@ def gpus(url: UrlOption = None, token: TokenOption = None) -> None:
     console.print(table)
 
 
+datasets_cli = typer.Typer(help="Upload, list and delete your .npz datasets.", no_args_is_help=True)
+
+
+@datasets_cli.command("upload")
+def datasets_upload(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An .npz file.")],
+    name: Annotated[str | None, typer.Option(help="Its name (default: the file's).")] = None,
+    public: Annotated[
+        bool, typer.Option("--public", help="Let every user see and train on it.")
+    ] = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Upload an .npz (x_train, y_train, x_test, y_test); prints its id for `--dataset`."""
+    form = {"public": "true" if public else "false", **({"name": name} if name else {})}
+    try:
+        with path.open("rb") as handle:
+            dataset = _client(url, token).json(
+                "POST", "/datasets", files={"file": (path.name, handle)}, data=form
+            )
+    except ApiError as error:
+        raise _fail(error) from error
+    shape = "x".join(map(str, dataset["image_shape"]))
+    console.print(
+        Text(
+            f"dataset {dataset['id']} {dataset['name']}: {dataset['train_images']} train / "
+            f"{dataset['test_images']} test images of {shape}, {dataset['classes']} classes"
+            + (" (public)" if dataset["public"] else "")
+        )
+    )
+
+
+@datasets_cli.command("list")
+def datasets_list(url: UrlOption = None, token: TokenOption = None) -> None:
+    """The datasets you may use: yours and public ones (an admin: all)."""
+    try:
+        datasets = _client(url, token).json("GET", "/datasets")
+    except ApiError as error:
+        raise _fail(error) from error
+    table = Table("id", "name", "owner", "public", "images", "shape", "classes", "MB")
+    for dataset in datasets:
+        table.add_row(
+            str(dataset["id"]),
+            Text(dataset["name"]),
+            Text(dataset["owner"] or ""),
+            "yes" if dataset["public"] else "",
+            f"{dataset['train_images']}+{dataset['test_images']}",
+            "x".join(map(str, dataset["image_shape"])),
+            str(dataset["classes"]),
+            f"{dataset['size_bytes'] / 1e6:.1f}",
+        )
+    console.print(table)
+
+
+@datasets_cli.command("delete")
+def datasets_delete(dataset_id: int, url: UrlOption = None, token: TokenOption = None) -> None:
+    """Delete one of your datasets (refused while a queued or running job uses it)."""
+    try:
+        _client(url, token).request("DELETE", f"/datasets/{dataset_id}")
+    except ApiError as error:
+        raise _fail(error) from error
+    console.print(f"dataset {dataset_id} deleted")
+
+
 def register(cli: typer.Typer) -> None:
     # submit parses its own flags (derived from the spec): typer passes them through.
     cli.command(
@@ -223,3 +288,4 @@ def register(cli: typer.Typer) -> None:
     )(submit)
     for command in (status, logs, plot, cancel, delete, gpus):
         cli.command()(command)
+    cli.add_typer(datasets_cli, name="datasets")
