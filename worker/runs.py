@@ -15,7 +15,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.core import lifecycle
+from app.core import events, lifecycle
 from app.core.db import rows_changed
 from app.core.lifecycle import owned_by
 from app.core.logs import clean_line
@@ -58,7 +58,10 @@ def record_epoch(session: Session, job_id: int, attempt: int, event: dict[str, A
             set_={name: statement.excluded[name] for name in (*EPOCH_METRICS, "attempt")},
             where=Epoch.attempt < statement.excluded.attempt,
         )
-    session.execute(statement)
+    stored = session.execute(statement.returning(Epoch.epoch)).first()
+    if stored is not None:  # not the replay of an epoch already stored
+        record = {name: values[name] for name in EPOCH_METRICS}
+        events.epoch(session, job_id, {"epoch": values["epoch"], "attempt": attempt, **record})
     session.commit()
     return True
 
@@ -94,10 +97,11 @@ def append_log(
     if counted is None:
         session.rollback()
         return False
+    cleaned = [clean_line(line) for line in lines]
     session.execute(
-        insert(LogLine),
-        [{"job_id": job_id, "attempt": attempt, "line": clean_line(line)} for line in lines],
+        insert(LogLine), [{"job_id": job_id, "attempt": attempt, "line": line} for line in cleaned]
     )
+    events.log(session, job_id, attempt, cleaned)
     total, dropped = counted
     excess = total - dropped - max_lines
     if excess > 0:
@@ -118,6 +122,7 @@ def append_log(
                 .where(Job.id == job_id)
                 .values(log_dropped=Job.log_dropped + rows_changed(gone))
             )
+            events.drop_log_lines(session, job_id, kept=total - dropped - rows_changed(gone))
     session.commit()
     return True
 

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from app.api import datasets, gpus, health, jobs, metrics, plots
+from app.api import datasets, events, gpus, health, jobs, metrics, plots
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -10,4 +10,5 @@ api_router.include_router(jobs.router)
 api_router.include_router(datasets.router)
 api_router.include_router(gpus.router)
 api_router.include_router(plots.router)
+api_router.include_router(events.router)
 api_router.include_router(metrics.router)

@@ -30,6 +30,7 @@ from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.core import events
 from app.core.db import rows_changed
 from app.core.jobs import job_for_key
 from app.core.models import (
@@ -132,6 +133,8 @@ def submit(
     )
     session.add(job)
     try:
+        session.flush()  # its id, for the event; a reused Idempotency-Key fails here
+        events.status(session, job.id, JobStatus.queued)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -154,6 +157,14 @@ def place(
     )
     if rows_changed(result) != 1:
         return False
+    events.status(
+        session,
+        job.id,
+        JobStatus.placed,
+        host=host,
+        gpus=list(gpu_indices),
+        attempt=job.attempt + 1,
+    )
     for index in gpu_indices:
         session.add(GpuLease(job_id=job.id, attempt=job.attempt + 1, host=host, gpu_index=index))
     return True
@@ -167,6 +178,7 @@ def unplace(session: Session, job: Job) -> None:
         .values(**_BACK_TO_QUEUE)
     )
     if rows_changed(result) == 1:
+        events.status(session, job.id, JobStatus.queued, reason=f"host {job.host} was lost")
         _release_leases(session, job.id)
 
 
@@ -189,6 +201,8 @@ def claim(session: Session, job_id: int, host: str) -> Claim | None:
         .returning(Job.attempt, Job.spec)
     )
     row = result.first()
+    if row is not None:
+        events.status(session, job_id, JobStatus.running, attempt=int(row[0]), host=host)
     session.commit()
     if row is None:
         return None
@@ -210,14 +224,22 @@ def finish(
         .where(owned_by(job_id, attempt))
         .values(status=status, finished_at=utcnow(), failure_reason=reason, failure_message=message)
     )
-    return _release_if_owned(session, job_id, rows_changed(result) == 1)
+    owned = rows_changed(result) == 1
+    if owned:
+        events.status(session, job_id, status, reason=reason, message=message, attempt=attempt)
+    return _release_if_owned(session, job_id, owned)
 
 
 def requeue(session: Session, job_id: int, attempt: int) -> bool:
     """running -> queued (commits): the worker stopped the run cleanly; the next run resumes
     from the last checkpoint. Not counted as a lost run."""
     result = session.execute(update(Job).where(owned_by(job_id, attempt)).values(**_BACK_TO_QUEUE))
-    return _release_if_owned(session, job_id, rows_changed(result) == 1)
+    owned = rows_changed(result) == 1
+    if owned:
+        events.status(
+            session, job_id, JobStatus.queued, reason="its worker stopped", attempt=attempt
+        )
+    return _release_if_owned(session, job_id, owned)
 
 
 def lose_run(
@@ -242,6 +264,10 @@ def lose_run(
         update(Job).where(owned_by(job.id, job.attempt)).values(lost_runs=lost, **values)
     )
     if rows_changed(result) == 1:
+        reason = values.get("failure_reason")
+        events.status(
+            session, job.id, values["status"], reason=reason, message=why, attempt=job.attempt
+        )
         _release_leases(session, job.id)
         log.warning("job %s attempt %s lost (%s): %s", job.id, job.attempt, why, values["status"])
 
@@ -263,6 +289,7 @@ def cancel(session: Session, job: Job) -> bool:
         )
     )
     if rows_changed(waiting) == 1:
+        events.status(session, job.id, JobStatus.cancelled, reason=FailureReason.cancelled)
         _release_leases(session, job.id)  # placed: no trainer was started, nothing holds them
     else:
         session.execute(

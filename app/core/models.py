@@ -145,6 +145,8 @@ class Job(Base):
     # keep it within Settings.max_log_lines (job_log_lines holds the difference).
     log_lines: Mapped[int] = mapped_column(Integer, default=0)
     log_dropped: Mapped[int] = mapped_column(Integer, default=0)
+    # The newest event id dropped with old log lines: a stream resuming before it has a gap.
+    events_dropped_upto: Mapped[int] = mapped_column(BigInteger, default=0)
 
     owner: Mapped[User | None] = relationship()
     epochs: Mapped[list[Epoch]] = relationship(
@@ -201,6 +203,29 @@ class LogLine(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     attempt: Mapped[int] = mapped_column(Integer)
     line: Mapped[str] = mapped_column(Text)
+
+
+class JobEvent(Base):
+    """What happened to a job, in order: `status` (each transition), `epoch` (a stored
+    record), `log` (a batch of trainer lines). The id orders a job's events and is what a
+    stream resumes after (Last-Event-ID); log events go when their lines are dropped."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (
+        Index("ix_job_events_job_id_id", "job_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Lines a log event holds (0 for others): what is dropped with old lines, without
+    # reading the lines themselves.
+    line_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Artifact(Base):

@@ -1,0 +1,79 @@
+"""A job's event history (job_events), written in the same transaction as what it reports:
+`status` by app/core/lifecycle.py at each transition, `epoch` and `log` by a run's writes
+(worker/runs.py). Read in id order by the event streams (app/api/events.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from app.core.models import TERMINAL_STATUSES, Job, JobEvent
+
+LOG_LINES_PER_EVENT = 200
+MESSAGE_CHARS = 2000
+
+
+def status(session: Session, job_id: int, new_status: str, **fields: Any) -> None:
+    """A transition to `new_status` (with what explains it: reason, attempt, host, gpus)."""
+    data = {"status": str(new_status)}
+    for name, value in fields.items():
+        if value is not None:
+            data[name] = str(value)[:MESSAGE_CHARS] if isinstance(value, str) else value
+    session.add(JobEvent(job_id=job_id, kind="status", data=data, line_count=0))
+
+
+def epoch(session: Session, job_id: int, record: dict[str, Any]) -> None:
+    session.add(JobEvent(job_id=job_id, kind="epoch", data=record, line_count=0))
+
+
+def log(session: Session, job_id: int, attempt: int, lines: list[str]) -> None:
+    """Trainer log lines, at most LOG_LINES_PER_EVENT per event."""
+    for start in range(0, len(lines), LOG_LINES_PER_EVENT):
+        chunk = lines[start : start + LOG_LINES_PER_EVENT]
+        data = {"attempt": attempt, "lines": chunk}
+        session.add(JobEvent(job_id=job_id, kind="log", data=data, line_count=len(chunk)))
+
+
+def drop_log_lines(session: Session, job_id: int, kept: int) -> None:
+    """The job keeps only its last `kept` log lines: drop its oldest log events (whole ones)
+    while the rest still hold all `kept`, and remember the newest id dropped (a stream that
+    resumes before it would miss lines: 410)."""
+    rows = session.execute(
+        select(JobEvent.id, JobEvent.line_count)
+        .where(JobEvent.job_id == job_id, JobEvent.kind == "log")
+        .order_by(JobEvent.id)
+    ).all()
+    held = sum(count for _, count in rows)
+    newest = 0
+    for event_id, count in rows:
+        if held - count < kept:
+            break
+        held -= count
+        newest = event_id
+    if newest:
+        session.execute(
+            delete(JobEvent).where(
+                JobEvent.job_id == job_id, JobEvent.kind == "log", JobEvent.id <= newest
+            )
+        )
+        session.execute(update(Job).where(Job.id == job_id).values(events_dropped_upto=newest))
+
+
+def after(session: Session, job_id: int | None, after_id: int, limit: int = 500) -> list[JobEvent]:
+    """Events with ids above `after_id`, oldest first: of one job, or (None) status changes
+    of every job."""
+    query = select(JobEvent).where(JobEvent.id > after_id)
+    query = (
+        query.where(JobEvent.job_id == job_id) if job_id else query.where(JobEvent.kind == "status")
+    )
+    return list(session.scalars(query.order_by(JobEvent.id).limit(limit)))
+
+
+def newest_id(session: Session) -> int:
+    return int(session.scalar(select(func.max(JobEvent.id))) or 0)
+
+
+def is_terminal(data: dict[str, Any]) -> bool:
+    return data.get("status") in TERMINAL_STATUSES

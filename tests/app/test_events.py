@@ -1,0 +1,155 @@
+"""Event streams against a real `trainyard api` process on both backends: a client that drops
+its connection mid-run and reconnects with Last-Event-ID gets every epoch exactly once and
+the `end` event; NDJSON gives the same events; ids older than what is kept are 410; /events
+follows every job's status."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from app.core import lifecycle
+from app.core.config import get_settings
+from app.core.db import get_session_factory
+from app.core.models import JobStatus
+from tests.conftest import place_and_claim, register_test_host
+from tests.e2e.service import free_port, processes, service_env, wait_healthy
+from worker import runs
+
+Event = dict[str, Any]
+
+
+@pytest.fixture
+def api(tokens: dict[str, str], db: Path, tmp_path: Path) -> Iterator[httpx.Client]:
+    """Alice's client of a `trainyard api` serving this test's database."""
+    port = free_port()
+    url = get_settings().database_url
+    env = service_env(db, database_url=url)
+    with processes([["api", "--port", str(port)]], env, tmp_path / "logs"):
+        base = f"http://127.0.0.1:{port}"
+        wait_healthy(base)
+        headers = {"Authorization": f"Bearer {tokens['alice']}"}
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+            yield client
+
+
+def sse(response: httpx.Response) -> Iterator[Event]:
+    """The events of a text/event-stream, as they come (comments skipped)."""
+    event: Event = {}
+    for line in response.iter_lines():
+        if not line:
+            if "event" in event:
+                yield event
+            event = {}
+        elif not line.startswith(":"):
+            field, _, value = line.partition(":")
+            event[field] = value.removeprefix(" ")
+
+
+def train_in_background(job_id: int, epochs: int, pause: float) -> threading.Thread:
+    """What a worker writes for a run: its epochs, a pause apart, a log line, then success."""
+    register_test_host()
+    attempt = place_and_claim(job_id)
+
+    def run() -> None:
+        with get_session_factory()() as session:
+            for epoch in range(1, epochs + 1):
+                time.sleep(pause)
+                record = {"epoch": epoch, "loss": 1 / epoch, "val_accuracy": epoch / 10}
+                assert runs.record_epoch(session, job_id, attempt, record)
+                assert runs.append_log(session, job_id, attempt, [f"epoch {epoch} done"], 1000)
+            assert lifecycle.finish(session, job_id, attempt, JobStatus.succeeded)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_a_dropped_stream_resumes_exactly_after_the_last_event(api: httpx.Client) -> None:
+    job_id = api.post("/jobs", json={"gpus": 1, "epochs": 5}).json()["id"]
+    worker = train_in_background(job_id, epochs=5, pause=0.4)
+    received: list[Event] = []
+    with api.stream("GET", f"/jobs/{job_id}/events") as first:
+        assert first.headers["content-type"].startswith("text/event-stream")
+        for event in sse(first):
+            received.append(event)
+            if event["event"] == "epoch" and json.loads(event["data"])["epoch"] == 2:
+                break  # the connection drops here, mid-run
+    last = received[-1]["id"]
+    with api.stream("GET", f"/jobs/{job_id}/events", headers={"Last-Event-ID": last}) as again:
+        received += list(sse(again))  # to the end: the server closes after `end`
+    worker.join()
+    ids = [int(event["id"]) for event in received if "id" in event]
+    assert ids == sorted(set(ids)), "ids are increasing, none repeated"
+    assert "id" not in received[-1]  # `end`: resuming after the last id gives it again
+    kinds = [event["event"] for event in received]
+    epochs = [json.loads(e["data"])["epoch"] for e in received if e["event"] == "epoch"]
+    assert epochs == [1, 2, 3, 4, 5]
+    statuses = [json.loads(e["data"])["status"] for e in received if e["event"] == "status"]
+    assert statuses == ["queued", "placed", "running", "succeeded"]
+    assert kinds.count("log") == 5 and kinds[-1] == "end"
+    assert json.loads(received[-1]["data"])["status"] == "succeeded"
+
+    # The same history as NDJSON, for scripts; ?after= as Last-Event-ID.
+    lines = api.get(
+        f"/jobs/{job_id}/events",
+        params={"after": ids[2]},
+        headers={"Accept": "application/x-ndjson"},
+    )
+    assert lines.headers["content-type"].startswith("application/x-ndjson")
+    records = [json.loads(line) for line in lines.text.splitlines()]
+    assert [r["id"] for r in records] == [*ids[3:], None]
+    assert records[-1]["event"] == "end"
+
+
+def test_log_lines_reach_only_the_owner_and_admins(
+    api: httpx.Client, tokens: dict[str, str]
+) -> None:
+    job_id = api.post("/jobs", json={"gpus": 1, "epochs": 1}).json()["id"]
+    train_in_background(job_id, epochs=1, pause=0).join()
+    bob = {"Authorization": f"Bearer {tokens['bob']}", "Accept": "application/x-ndjson"}
+    seen = [
+        json.loads(line)["event"]
+        for line in api.get(f"/jobs/{job_id}/events", headers=bob).text.splitlines()
+    ]
+    assert "epoch" in seen and "log" not in seen and seen[-1] == "end"
+
+
+def test_an_id_older_than_what_is_kept_is_410_and_a_bad_one_422(api: httpx.Client) -> None:
+    job_id = api.post("/jobs", json={"gpus": 0}).json()["id"]
+    with get_session_factory()() as session:
+        from app.core.models import Job
+
+        session.execute(update(Job).where(Job.id == job_id).values(events_dropped_upto=50))
+        session.commit()
+    gone = api.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": "7"})
+    assert gone.status_code == 410 and "stream again" in gone.json()["detail"]
+    bad = api.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": "7x"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["header", "last-event-id"]
+    assert api.get("/jobs/999999/events").status_code == 404
+
+
+def test_the_feed_of_all_jobs_follows_status_changes(api: httpx.Client) -> None:
+    api.post("/jobs", json={"gpus": 0})  # before the feed is followed: not in it
+    seen: list[Event] = []
+
+    def submit_later() -> None:
+        time.sleep(1.0)
+        api.post("/jobs", json={"gpus": 0, "name": "late"})
+
+    threading.Thread(target=submit_later).start()
+    started = time.monotonic()
+    with api.stream("GET", "/events") as feed:
+        for event in sse(feed):
+            seen.append(event)
+            break
+    assert json.loads(seen[0]["data"])["status"] == "queued"
+    assert time.monotonic() - started < 10
