@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -60,6 +63,42 @@ class Client:
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
+
+    def events(self, job_id: int, reconnect_seconds: float = 120) -> Iterator[dict[str, Any]]:
+        """A job's events (NDJSON stream) to its `end`. A dropped connection is resumed after
+        the last event received (?after=), so none is lost or repeated; retried for up to
+        `reconnect_seconds` of failing to reconnect, then ApiError."""
+        after, failing_since = 0, None
+        headers = {"Accept": "application/x-ndjson"}
+        while True:
+            try:
+                with self.http.stream(
+                    "GET",
+                    f"/jobs/{job_id}/events",
+                    params={"after": after},
+                    headers=headers,
+                    timeout=httpx.Timeout(30, read=60),  # heartbeats come every 15 s
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise ApiError(f"{response.status_code}: {describe_error(response)}")
+                    failing_since = None
+                    for line in response.iter_lines():
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        if event["event"] == "heartbeat":
+                            continue
+                        if event["id"] is not None:
+                            after = event["id"]
+                        yield event
+                        if event["event"] == "end":
+                            return
+            except (httpx.TransportError, json.JSONDecodeError) as error:
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > reconnect_seconds:
+                    raise ApiError(f"lost {self.http.base_url}: {error}") from error
+                time.sleep(1)
 
 
 def describe_error(response: httpx.Response) -> str:

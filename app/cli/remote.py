@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -74,31 +73,48 @@ def submit(ctx: typer.Context) -> None:
 
 
 def follow(client: Client, job: dict[str, Any]) -> dict[str, Any]:
+    """A progress bar per epoch, fed by the job's event stream (which resumes by itself
+    after a dropped connection), and one line per epoch; returns the job once it ended."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[metrics]}"),
+        TextColumn("{task.fields[note]}"),
         TimeElapsedColumn(),
     )
+    epochs = job["spec"]["epochs"]
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(f"job {job['id']}", total=job["spec"]["epochs"], metrics="")
-        while job["status"] not in TERMINAL:
-            time.sleep(1)
-            job = client.json("GET", f"/jobs/{job['id']}")
-            last = job.get("last_metrics") or {}
-            metrics = f"loss {last['loss']:.4f} val_acc {last['val_accuracy']:.4f}" if last else ""
-            waiting = job.get("waiting_reason") or ""
-            progress.update(
-                task,
-                completed=job.get("current_epoch") or 0,
-                metrics=metrics or waiting or job["status"],
-            )
+        task = progress.add_task(f"job {job['id']}", total=epochs, note=job["status"])
+        for event in client.events(job["id"]):
+            data = event["data"]
+            if event["event"] == "epoch":
+                line = f"epoch {data['epoch']}/{epochs}" + "".join(
+                    f" {name} {data[name]:.4f}"
+                    for name in ("loss", "accuracy", "val_loss", "val_accuracy")
+                    if data.get(name) is not None
+                )
+                progress.console.print(Text(line))
+                progress.update(task, completed=data["epoch"], note=line.split(" ", 2)[-1])
+            elif event["event"] == "status":
+                note = data["status"] + (f": {data['reason']}" if data.get("reason") else "")
+                progress.update(task, note=note)
+    job = client.json("GET", f"/jobs/{job['id']}")
     style = "green" if job["status"] == "succeeded" else "red"
     console.print(f"job {job['id']} [{style}]{job['status']}[/{style}]")
     if job.get("failure_message"):
         console.print(Text(f"{job['failure_reason']}: {job['failure_message']}"))
     return job
+
+
+def watch(job_id: int, url: UrlOption = None, token: TokenOption = None) -> None:
+    """Follow a job to its end: a progress bar and a line per epoch, live."""
+    client = _client(url, token)
+    try:
+        job = follow(client, client.json("GET", f"/jobs/{job_id}"))
+    except ApiError as error:
+        raise _fail(error) from error
+    if job["status"] != "succeeded":
+        raise typer.Exit(1)
 
 
 def status(
@@ -135,13 +151,22 @@ def status(
 def logs(
     job_id: int,
     tail: Annotated[int | None, typer.Option(help="Only the last N lines.")] = None,
+    follow_log: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines until the job ends.")
+    ] = False,
     url: UrlOption = None,
     token: TokenOption = None,
 ) -> None:
-    """Print a job's trainer log."""
-    params = {"tail": tail} if tail else {}
+    """Print a job's trainer log; -f keeps printing new lines until the job ends."""
+    client = _client(url, token)
     try:
-        text = _client(url, token).request("GET", f"/jobs/{job_id}/logs", params=params).text
+        if follow_log:  # the kept log from its start, then live, resuming after drops
+            for event in client.events(job_id):
+                if event["event"] == "log":
+                    typer.echo("\n".join(event["data"]["lines"]))
+            return
+        params = {"tail": tail} if tail else {}
+        text = client.request("GET", f"/jobs/{job_id}/logs", params=params).text
     except ApiError as error:
         raise _fail(error) from error
     typer.echo(text, nl=False)
@@ -286,6 +311,6 @@ def register(cli: typer.Typer) -> None:
         context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
         add_help_option=False,
     )(submit)
-    for command in (status, logs, plot, cancel, delete, gpus):
+    for command in (status, watch, logs, plot, cancel, delete, gpus):
         cli.command()(command)
     cli.add_typer(datasets_cli, name="datasets")

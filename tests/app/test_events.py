@@ -6,6 +6,8 @@ follows every job's status."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -153,3 +155,49 @@ def test_the_feed_of_all_jobs_follows_status_changes(api: httpx.Client) -> None:
             break
     assert json.loads(seen[0]["data"])["status"] == "queued"
     assert time.monotonic() - started < 10
+
+
+def test_trainyard_watch_rides_out_an_api_restart(
+    tokens: dict[str, str], db: Path, tmp_path: Path
+) -> None:
+    """`trainyard watch` follows the stream; the API is killed and started again mid-run;
+    the command reconnects after the last event it had and prints each epoch once."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = service_env(db, database_url=get_settings().database_url)
+    client_env = {
+        **env,
+        "TRAINYARD_URL": base,
+        "TRAINYARD_TOKEN": tokens["alice"],
+        "COLUMNS": "200",
+    }
+    with processes([["api", "--port", str(port)]], env, tmp_path / "logs1") as (first,):
+        wait_healthy(base)
+        job_id = httpx.post(
+            f"{base}/jobs",
+            json={"gpus": 1, "epochs": 6},
+            headers={"Authorization": f"Bearer {tokens['alice']}"},
+        ).json()["id"]
+        worker = train_in_background(job_id, epochs=6, pause=0.7)
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "watch", str(job_id)],
+            env=client_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert watcher.stdout is not None
+        output = []
+        for line in watcher.stdout:
+            output.append(line)
+            if line.startswith("epoch 2/6"):
+                break
+        first.kill()  # the connection drops with the API
+        first.wait()
+    with processes([["api", "--port", str(port)]], env, tmp_path / "logs2"):
+        output += watcher.stdout.readlines()  # to its end
+        assert watcher.wait(timeout=60) == 0, "".join(output)
+    worker.join()
+    printed = [line.split()[1] for line in output if line.startswith("epoch ")]
+    assert printed == [f"{n}/6" for n in range(1, 7)], "".join(output)
+    assert f"job {job_id} succeeded" in "".join(output)
