@@ -26,6 +26,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # A broker outage must not stop running trainings: the database owns the job, and a
+        # run goes on while Redis restarts (Celery 6 would cancel them by default).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # This host's queue, so that any worker started on this app, `celery -A
         # worker.celery_app worker` included, consumes the jobs placed on this host.
         "task_default_queue": host_queue(settings),

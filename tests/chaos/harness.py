@@ -89,6 +89,10 @@ class Service:
         process.send_signal(signum)
         return process.wait(timeout=timeout)
 
+    def reap(self, name: str, timeout: float = 60) -> int:
+        """Wait for `name`, ended by other means (a SIGKILL of its whole family)."""
+        return self.running.pop(name).wait(timeout=timeout)
+
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
 
@@ -117,13 +121,16 @@ class Service:
 def service(log_dir: Path, data_dirs: Iterable[Path]) -> Iterator[Service]:
     """A Service, closed at the end; then no trainer of `data_dirs` may be left (one that is
     gets SIGKILLed, so a failing test leaves nothing behind, and the test fails)."""
-    running = Service(log_dir)
+    running, folders, failing = Service(log_dir), list(data_dirs), False
     try:
         yield running
+    except BaseException:
+        failing = True  # that failure is the one to report
+        raise
     finally:
         running.close()
-        left = kill_trainers(data_dirs)
-        assert not left, f"trainers outlived the service: {left}"
+        left = kill_trainers(folders)
+        assert failing or not left, f"trainers outlived the service: {left}"
 
 
 def descendants(root: int) -> list[ProcessInfo]:
@@ -185,19 +192,7 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str | Callabl
         time.sleep(0.1)
 
 
-# -- the API, tolerant of a service that is down for a while ---------------------------------
-
-
-def get_job(client: httpx.Client, job_id: int) -> dict[str, Any] | None:
-    """GET /jobs/{id}; None while the API cannot answer (down, restarting, 503)."""
-    try:
-        response = client.get(f"/jobs/{job_id}")
-    except httpx.TransportError:
-        return None
-    if response.status_code != 200:
-        return None
-    job: dict[str, Any] = response.json()
-    return job
+# -- the API -------------------------------------------------------------------------------
 
 
 def healthz(base_url: str) -> tuple[int, dict[str, Any]]:
@@ -371,10 +366,11 @@ class PrivateRedis:
         finally:
             client.close()
 
-    def stored_keys(self) -> list[bytes]:
+    def waiting(self, queue: str) -> int:
+        """Messages waiting in `queue` (a Celery queue is a Redis list of that name)."""
         client = self.client()
         try:
-            return list(client.keys("*"))
+            return int(client.llen(queue))
         finally:
             client.close()
 

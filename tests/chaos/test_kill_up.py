@@ -57,8 +57,7 @@ def test_sigkill_of_the_whole_service_then_a_new_up_finishes_every_job(tmp_path:
         assert len(service_pids) >= 3, descendants(first.pid)
         for pid in service_pids:
             os.kill(pid, signal.SIGKILL)
-        first.wait()
-        running.running.pop("up-1")
+        running.reap("up-1")
         wait_until(lambda: not trainers([data_dir]), 15, "the trainers to end with their worker")
         recorded = {job_id: db.epochs(job_id) for job_id in ids}
 

@@ -66,33 +66,39 @@ def test_a_broker_crash_and_a_flush_lose_no_job(tmp_path: Path, postgres_url: st
                 now = counts()
                 return now["running"] == 2 and now["placed"] == 1 and now["queued"] == 5
 
-            wait_until(mixed, 30, lambda: f"2 running, 1 placed, 5 queued: {db.statuses()}")
-            assert any(b"trainyard" in key for key in broker.stored_keys()), broker.stored_keys()
+            queue = f"trainyard.{host}"  # the host's Celery queue: a Redis list
+            wait_until(
+                lambda: mixed() and broker.waiting(queue),
+                30,
+                lambda: f"2 running, 1 placed (its message in {queue}), 5 queued: {db.statuses()}",
+            )
 
             # 1. Redis crashes and restarts empty: the placed job's message, the running
             # jobs' unacknowledged ones, the worker's connection: all gone.
             epochs_before = sum(len(db.epochs(i)) for i in ids)
             broker.crash()
-            # While it is down, the runs go on (they need only the database), and what
-            # frees up is placed though its message cannot be sent.
+            # While it is down, the runs go on (they need only the database), and the GPU
+            # a finished run frees is placed again though no message can be sent.
             wait_until(
-                lambda: sum(len(db.epochs(i)) for i in ids) >= epochs_before + 2,
-                20,
-                lambda: f"epochs recorded with the broker down: {db.statuses()}",
+                lambda: counts()["placed"] >= 2,
+                30,
+                lambda: f"a placement with the broker down: {db.statuses()}\n{running.logs()}",
             )
+            assert sum(len(db.epochs(i)) for i in ids) > epochs_before
             broker.start()
 
             # 2. Once work flows again, FLUSHALL under queued, placed and running jobs.
             def flowing_again() -> bool:
                 now, done = counts(), list(db.statuses().values()).count("succeeded")
-                return done >= 1 and now["running"] == 2 and now["placed"] and now["queued"]
+                busy = now["running"] == 2 and now["placed"] and now["queued"]
+                return bool(done >= 1 and busy and broker.waiting(queue))
 
             wait_until(
                 flowing_again,
                 40,
                 lambda: f"work flowing again after the restart: {db.statuses()}\n" + running.logs(),
             )
-            broker.flushall()
+            broker.flushall()  # the waiting message is gone: it is sent again
 
             wait_until(
                 lambda: db.all_ended(ids),
