@@ -29,6 +29,11 @@ def current_user(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized(*MISSING_TOKEN)
     user = user_for_token(session, credentials.credentials)
+    # End the read transaction: its connection goes back to the pool while the route waits
+    # for a worker thread. Held, a burst of requests larger than the pool (event streams
+    # opening at once) left every thread waiting for a connection that only a request
+    # waiting for a thread could give back. (The session keeps `user`: nothing expires.)
+    session.commit()
     if user is None:
         raise _unauthorized(*INVALID_TOKEN)
     return user

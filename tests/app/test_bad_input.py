@@ -86,7 +86,8 @@ def id_routes() -> Iterator[tuple[str, str]]:
 
 def test_ids_beyond_the_column_or_written_loosely_are_422(client: TestClient) -> None:
     routes = list(id_routes())
-    assert len(routes) == 9  # job (read, delete), metrics, plot, logs, model, cancel; dataset (2)
+    assert len(routes) == 10  # job (read, delete), metrics, plot, logs, model, cancel, events;
+    # dataset (read, delete)
     bad = ["2147483648", "9223372036854775808", "1_0", "+1", "0x1", "0"]
     for (method, template), value in itertools.product(routes, bad):
         path = template.replace("{job_id}", value).replace("{dataset_id}", value)

@@ -5,6 +5,7 @@ follows every job's status."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -201,3 +202,47 @@ def test_trainyard_watch_rides_out_an_api_restart(
     printed = [line.split()[1] for line in output if line.startswith("epoch ")]
     assert printed == [f"{n}/6" for n in range(1, 7)], "".join(output)
     assert f"job {job_id} succeeded" in "".join(output)
+
+
+def test_a_hundred_streams_opening_at_once_all_open_and_others_are_served(
+    api: httpx.Client,
+) -> None:
+    """A burst of requests larger than the connection pool (event streams opening at once)
+    once stalled the API for the pool's 30 s timeout: each request held its connection
+    between authentication and its route, and every thread waited for a connection."""
+    job_id = api.post("/jobs", json={"gpus": 0}).json()["id"]
+    count = 100
+
+    async def burst() -> tuple[int, float]:
+        opened = 0
+        started = asyncio.Event()
+        headers = {**api.headers, "Accept": "application/x-ndjson"}
+        limits = httpx.Limits(max_connections=count + 10)
+        async with httpx.AsyncClient(
+            base_url=str(api.base_url), headers=headers, limits=limits, timeout=60
+        ) as client:
+
+            async def follow() -> None:
+                nonlocal opened
+                async with client.stream("GET", f"/jobs/{job_id}/events") as response:
+                    assert response.status_code == 200
+                    opened += 1
+                    if opened == count:
+                        started.set()
+                    async for _ in response.aiter_lines():
+                        pass
+
+            tasks = [asyncio.create_task(follow()) for _ in range(count)]
+            await asyncio.wait_for(started.wait(), timeout=20)
+            begin = time.monotonic()
+            answer = await client.get(f"/jobs/{job_id}", headers={"Accept": "application/json"})
+            took = time.monotonic() - begin
+            assert answer.status_code == 200
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return opened, took
+
+    opened, took = asyncio.run(burst())
+    assert opened == count
+    assert took < 5
