@@ -88,6 +88,15 @@ def check_unpacked_size(archive_file: str | IO[bytes], max_bytes: int) -> None:
                         f"{member.compress_type}; only stored or deflate (np.savez, "
                         "np.savez_compressed) are accepted"
                     )
+                # Deflate never grows data by more than a few bytes per 16 KiB block: an entry
+                # holding far more than it declares unpacked is lying about its size (a bomb
+                # whose headers look small), refused before a byte of it is inflated.
+                if member.compress_size > member.file_size + member.file_size // 1000 + 1024:
+                    raise DatasetError(
+                        f"entry {member.filename[:80]!r} declares {member.file_size} bytes "
+                        f"unpacked but holds {member.compress_size} compressed: its sizes are "
+                        "not true"
+                    )
                 total += member.file_size
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         if isinstance(error, DatasetError):

@@ -191,3 +191,20 @@ def test_dataset_files_and_the_trainers_settings_do_not_import_tensorflow() -> N
         "sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_an_entry_that_lies_about_its_size_is_refused_from_its_headers(tmp_path: Path) -> None:
+    """A bomb whose headers declare a small unpacked size passes the size check; it holds
+    far more compressed bytes than it declares, which no true entry does."""
+    import struct
+    import zipfile
+
+    path = tmp_path / "liar.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("x_train.npy", np.random.default_rng(0).bytes(20_000))
+    data = bytearray(path.read_bytes())
+    central = data.rindex(b"PK\x01\x02")  # the central directory entry; its size at +24
+    data[central + 24 : central + 28] = struct.pack("<I", 100)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="declares 100 bytes unpacked but holds 20000"):
+        load_npz(path, max_bytes=10**9)
