@@ -340,10 +340,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def api_server(database_url: str, data_dir: Path, limits: bool, log: Path) -> Iterator[Server]:
-    """`trainyard api` in a subprocess on a free port."""
+def api_server(
+    database_url: str,
+    data_dir: Path,
+    limits: bool,
+    log: Path,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[Server]:
+    """`trainyard api` in a subprocess on a free port (`extra_env`: more settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
     env.update(TRAINYARD_DATABASE_URL=database_url, TRAINYARD_DATA_DIR=str(data_dir))
+    env.update(extra_env or {})
     if not limits:
         env.update(TRAINYARD_SUBMIT_RATE_PER_MINUTE="0", TRAINYARD_MAX_ACTIVE_JOBS_PER_USER="0")
     port = free_port()

@@ -60,6 +60,9 @@ from typing import Any
 import httpx
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # api_scale beside it
+import api_scale as scale
+
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
 REFUSED = (413, 422)
@@ -225,13 +228,6 @@ def bombs(unpacked: int) -> tuple[dict[str, bytes], dict[str, Any]]:
 # ---------------------------------------------------------------- the API process
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @dataclass
 class Api:
     base: str
@@ -260,7 +256,8 @@ def _env(data_dir: Path, tmp_dir: Path, limit: int) -> dict[str, str]:
 
 @contextmanager
 def api_server(workdir: Path, limit: int) -> Iterator[Api]:
-    """`trainyard api` in a subprocess on a free port, and a user's token."""
+    """`trainyard api` in a subprocess on a free port (as bench/api_scale.py starts it), on
+    the embedded SQLite database, and a user's token."""
     data_dir, tmp_dir = workdir / "data", workdir / "api-tmp"
     tmp_dir.mkdir()
     env = _env(data_dir, tmp_dir, limit)
@@ -268,36 +265,10 @@ def api_server(workdir: Path, limit: int) -> Iterator[Api]:
     token = subprocess.run(
         [*me, "user", "add", "bench"], cwd=REPO, env=env, capture_output=True, text=True, check=True
     ).stdout.strip()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = workdir / "api.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [*me, "api", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the API did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield Api(base, port, process.pid, token, data_dir, tmp_dir)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    extra = {k: env[k] for k in ("TRAINYARD_BROKER_URL", "TRAINYARD_MAX_DATASET_BYTES", "TMPDIR")}
+    with scale.api_server("", data_dir, True, workdir / "api.log", extra) as server:
+        port = int(server.base.rsplit(":", 1)[1])
+        yield Api(server.base, port, server.pid, token, data_dir, tmp_dir)
 
 
 def memory_kb(pid: int) -> dict[str, int]:

@@ -159,3 +159,15 @@ def oom_kills() -> int | None:
             if name == "oom_kill" and value.strip().isdigit():
                 return int(value)
     return None
+
+
+def descendants(root: int) -> list[ProcessInfo]:
+    """Live (not zombie) processes below `root`: its children, theirs, and so on."""
+    table = [p for p in processes() if p.state != "Z"]
+    found: list[ProcessInfo] = []
+    frontier = {root}
+    while frontier:
+        children = [p for p in table if p.ppid in frontier]
+        found += children
+        frontier = {p.pid for p in children}
+    return found

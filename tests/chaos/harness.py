@@ -133,17 +133,6 @@ def service(log_dir: Path, data_dirs: Iterable[Path]) -> Iterator[Service]:
         assert failing or not left, f"trainers outlived the service: {left}"
 
 
-def descendants(root: int) -> list[ProcessInfo]:
-    """Live (not zombie) processes below `root`."""
-    table = [p for p in processes() if p.state != "Z"]
-    found, frontier = [], {root}
-    while frontier:
-        children = [p for p in table if p.ppid in frontier]
-        found += children
-        frontier = {p.pid for p in children}
-    return found
-
-
 def is_trainer(process: ProcessInfo) -> bool:
     return str(FAKE) in process.argv
 

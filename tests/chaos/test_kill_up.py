@@ -14,7 +14,6 @@ from tests.chaos.harness import (
     chaos_env,
     check_invariants,
     database,
-    descendants,
     is_trainer,
     service,
     token_of,
@@ -22,6 +21,7 @@ from tests.chaos.harness import (
     wait_until,
 )
 from tests.e2e.service import api_client, free_port, wait_healthy
+from worker.procfs import descendants
 
 pytestmark = pytest.mark.chaos
 

@@ -18,7 +18,7 @@ import httpx
 
 from tests.e2e.service import api_client, free_port, service_env, wait_for, wait_healthy
 from tests.fake_trainer import command
-from worker.procfs import ProcessInfo, processes
+from worker.procfs import descendants, processes
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -30,17 +30,6 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-def descendants(root: int) -> list[ProcessInfo]:
-    """Live (not zombie) processes below `root`."""
-    table = [p for p in processes() if p.state != "Z"]
-    found, frontier = [], {root}
-    while frontier:
-        children = [p for p in table if p.ppid in frontier]
-        found += children
-        frontier = {p.pid for p in children}
-    return found
 
 
 def wait_registered(log: Path, timeout: float = 60) -> None:
