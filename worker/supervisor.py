@@ -245,10 +245,8 @@ class JobSupervisor:
             process = self._start()
         except Exception as error:  # a bad trainer command, an unwritable job folder, ...
             log.exception("job %s: the trainer could not be started", self.claim.job_id)
-            reason, message = (
-                FailureReason.internal,
-                (f"the trainer could not be started: {type(error).__name__}: {error}"),
-            )
+            reason = FailureReason.internal
+            message = f"the trainer could not be started: {type(error).__name__}: {error}"
             if is_disk_full(error):
                 reason, message = FailureReason.disk_full, disk_full_message(error, self.workdir)
                 release_reserve(self.settings.data_dir)  # room to record it

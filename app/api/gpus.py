@@ -2,9 +2,9 @@ from fastapi import APIRouter, Depends
 
 from app.api.auth import UNAUTHORIZED, current_user
 from app.api.deps import SessionDep
-from app.api.schemas import GpuOut, GpuState, HostOut
+from app.api.schemas import GpuOut, HostOut
 from app.core.config import get_settings
-from app.core.hosts import all_hosts, holders
+from app.core.hosts import all_hosts, gpu_state, holders
 from app.core.models import utcnow
 
 router = APIRouter(
@@ -23,7 +23,7 @@ def list_gpus(session: SessionDep) -> list[HostOut]:
         gpus = []
         for gpu in host.gpus:
             job = held.get((host.name, gpu.index))
-            state: GpuState = "leased" if job else "foreign" if gpu.foreign_pids else "free"
+            state = gpu_state(gpu, job)
             gpus.append(
                 GpuOut(
                     index=gpu.index,

@@ -8,9 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.hosts import GpuState
 from app.core.models import Dataset, JobStatus
-
-GpuState = Literal["free", "leased", "foreign"]
 
 
 class EpochOut(BaseModel):

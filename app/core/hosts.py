@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.lifecycle import active_leases
-from app.core.models import Host, Job
+from app.core.models import Gpu, Host, Job
 
 
 def live_hosts(session: Session, settings: Settings, now: datetime) -> list[Host]:
@@ -34,6 +35,15 @@ def too_few_gpus(hosts: list[Host], need: int) -> str | None:
     if largest is None or len(largest.gpus) >= need:
         return None
     return f"needs {need} GPUs on one host; the largest host {largest.name} has {len(largest.gpus)}"
+
+
+GpuState = Literal["free", "leased", "foreign"]
+GPU_STATES: tuple[GpuState, ...] = ("free", "leased", "foreign")
+
+
+def gpu_state(gpu: Gpu, holder: Job | None) -> GpuState:
+    """Leased to a job, busy with a process Trainyard does not own, or free."""
+    return "leased" if holder else "foreign" if gpu.foreign_pids else "free"
 
 
 def holders(session: Session) -> dict[tuple[str, int], Job]:

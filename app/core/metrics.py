@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Float, case, cast, func, select
 from sqlalchemy.orm import Session
 
-from app.core.hosts import all_hosts, holders
+from app.core.hosts import GPU_STATES, all_hosts, gpu_state, holders
 from app.core.models import Epoch, GpuLease, Host, Job, User
 
 # Buckets in seconds: a queue wait runs from instants to days; an epoch from a second (the
@@ -86,17 +86,10 @@ def gpus_by_state(session: Session) -> dict[tuple[str, str], int]:
     held = holders(session)
     counts: dict[tuple[str, str], int] = {}
     for host in all_hosts(session):
-        for state in ("free", "leased", "foreign"):
+        for state in GPU_STATES:
             counts[(host.name, state)] = 0
         for gpu in host.gpus:
-            state = (
-                "leased"
-                if (host.name, gpu.index) in held
-                else "foreign"
-                if gpu.foreign_pids
-                else "free"
-            )
-            counts[(host.name, state)] += 1
+            counts[(host.name, gpu_state(gpu, held.get((host.name, gpu.index))))] += 1
     return counts
 
 
