@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.deps import SessionDep
@@ -19,15 +19,22 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 MISSING_TOKEN = ("missing bearer token: send 'Authorization: Bearer <token>'", "Bearer")
 INVALID_TOKEN = ("invalid or revoked token", 'Bearer error="invalid_token"')
 
+# Where app/api/early_auth.py leaves the user it found for a request with a body.
+AUTHENTICATED_USER = "trainyard_user"
+
 bearer = HTTPBearer(auto_error=False, description="A token from `trainyard user add`.")
 
 
 def current_user(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> User:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized(*MISSING_TOKEN)
+    found = getattr(request.state, AUTHENTICATED_USER, None)
+    if found is not None:  # authenticated before its body was read, by this same token
+        return session.merge(found, load=False)
     user = user_for_token(session, credentials.credentials)
     # End the read transaction: its connection goes back to the pool while the route waits
     # for a worker thread. Held, a burst of requests larger than the pool (event streams

@@ -16,11 +16,15 @@ def job_view(session: Session, job: Job) -> JobOut:
 
 
 def job_views(session: Session, jobs: list[Job]) -> list[JobOut]:
-    ids = [job.id for job in jobs]
-    leases = leased_indices_of(session, ids)
-    last = last_epochs(session, ids)
-    places = queue_positions(session, [job.id for job in jobs if job.status == JobStatus.queued])
-    return [_view(job, leases[job.id], last.get(job.id), places.get(job.id)) for job in jobs]
+    # GPUs are leased from placement to the end of the run; epochs come from a run (whose
+    # claim made the attempt 1 or more). A new submission has neither: no query for it.
+    holding = [job.id for job in jobs if job.status in (JobStatus.placed, JobStatus.running)]
+    leases = leased_indices_of(session, holding)
+    last = last_epochs(session, [job.id for job in jobs if job.attempt > 0])
+    places = queue_positions(session, jobs)
+    return [
+        _view(job, leases.get(job.id, []), last.get(job.id), places.get(job.id)) for job in jobs
+    ]
 
 
 def _view(job: Job, gpus: list[int], last: Epoch | None, place: int | None) -> JobOut:

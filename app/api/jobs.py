@@ -93,8 +93,7 @@ def submit_job(
         raise field_error("priority", "only admins may set priority above 0", 403)
     if isinstance(spec.dataset, int) and get_dataset(session, spec.dataset, user) is None:
         raise field_error("dataset", _no_dataset(spec.dataset))
-    hosts = live_hosts(session, settings, utcnow())
-    if spec.gpus and (why := too_few_gpus(hosts, spec.gpus)):
+    if spec.gpus and (why := too_few_gpus(live_hosts(session, settings, utcnow()), spec.gpus)):
         raise field_error("gpus", f"no host can ever run this job: {why}")
     # Committed as queued; a worker's scheduling pass places it and sends it to its host.
     try:

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from app.core.config import Settings
 from app.core.lifecycle import active_leases
@@ -16,9 +16,9 @@ from app.core.models import Gpu, Host, Job
 def live_hosts(session: Session, settings: Settings, now: datetime) -> list[Host]:
     """Hosts whose worker reported within the host timeout."""
     cutoff = now - timedelta(seconds=settings.host_timeout_seconds)
-    return list(
-        session.scalars(select(Host).where(Host.last_heartbeat >= cutoff).order_by(Host.name))
-    )
+    # Their GPUs in the same round trip: every caller counts or walks them.
+    live = select(Host).where(Host.last_heartbeat >= cutoff).order_by(Host.name)
+    return list(session.scalars(live.options(selectinload(Host.gpus))))
 
 
 def all_hosts(session: Session) -> list[Host]:

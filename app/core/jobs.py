@@ -35,14 +35,33 @@ def queued_in_order(session: Session) -> list[QueuedJob]:
     return [QueuedJob(*row) for row in rows]
 
 
-def queue_positions(session: Session, job_ids: list[int]) -> dict[int, int]:
-    """1-based places in the queue of those of `job_ids` that are queued, in one query."""
-    if not job_ids:
+def queue_positions(session: Session, jobs: list[Job]) -> dict[int, int]:
+    """1-based places in the queue of those of `jobs` that are queued, in one query."""
+    queued = [job for job in jobs if job.status == JobStatus.queued]
+    if len(queued) == 1:
+        return {queued[0].id: queue_position(session, queued[0])}
+    if not queued:
         return {}
     place = func.row_number().over(order_by=QUEUE_ORDER).label("place")
     ranked = select(Job.id, place).where(Job.status == JobStatus.queued).subquery()
-    rows = session.execute(select(ranked.c.id, ranked.c.place).where(ranked.c.id.in_(job_ids)))
+    ids = [job.id for job in queued]
+    rows = session.execute(select(ranked.c.id, ranked.c.place).where(ranked.c.id.in_(ids)))
     return {int(job_id): int(position) for job_id, position in rows}
+
+
+def queue_position(session: Session, job: Job) -> int:
+    """A queued job's place: 1 + the queued jobs ahead of it, counted off the (status,
+    priority, id) index. Numbering the whole queue to read one row cost as much as the rest
+    of a submission at 10,000 queued."""
+    ahead = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.status == JobStatus.queued,
+            (Job.priority > job.priority) | ((Job.priority == job.priority) & (Job.id < job.id)),
+        )
+    )
+    return int(ahead or 0) + 1
 
 
 def last_epochs(session: Session, job_ids: list[int]) -> dict[int, Epoch]:
