@@ -1,10 +1,9 @@
 """The FastAPI application. Importing it must never import TensorFlow."""
 
-from fastapi.responses import RedirectResponse
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import OperationalError
 
-from app import __version__
+from app import __version__, web
 from app.api import api_router, errors
 from app.api.body_limit import FORM_OVERHEAD_BYTES, BodyLimit, Limit
 from app.api.early_auth import AuthenticateBeforeBody
@@ -45,8 +44,5 @@ app.add_middleware(BodyLimit, limit_for=_body_limit)
 app.add_middleware(AuthenticateBeforeBody)
 app.add_middleware(RequestTimer)  # outermost: every answer is timed, early refusals too
 app.include_router(api_router)
-
-
-@app.get("/", include_in_schema=False)
-def root() -> RedirectResponse:
-    return RedirectResponse("/docs")
+app.include_router(web.router)  # the dashboard at /
+app.mount("/ui", web.assets, name="ui")

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from app.api import datasets, events, gpus, health, jobs, metrics, plots
+from app.api import datasets, events, gpus, health, jobs, me, metrics, plots
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -12,3 +12,4 @@ api_router.include_router(gpus.router)
 api_router.include_router(plots.router)
 api_router.include_router(events.router)
 api_router.include_router(metrics.router)
+api_router.include_router(me.router)

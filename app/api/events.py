@@ -99,7 +99,8 @@ class Batch:
 def _read(job_id: int | None, after: int, logs: bool) -> Batch:
     with get_session_factory()() as session:
         found = [
-            (event.id, event.kind, event.data)
+            # The feed of every job says which job each change is of.
+            (event.id, event.kind, event.data if job_id else {"job_id": event.job_id, **event.data})
             for event in events.after(session, job_id, after)
             if logs or event.kind != "log"
         ]

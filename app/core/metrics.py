@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, case, cast, func, select
+from sqlalchemy import ColumnElement, Float, case, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.core.hosts import GPU_STATES, all_hosts, gpu_state, holders
@@ -79,6 +79,23 @@ def gpu_seconds_by_user(session: Session, now: datetime) -> dict[str, float]:
         .group_by(User.name)
     )
     return {name: float(total or 0.0) for name, total in rows}
+
+
+def gpu_seconds_since(session: Session, since: datetime, now: datetime) -> dict[str, float]:
+    """GPU-seconds every user's jobs held between `since` and `now`: each lease counts only
+    its part inside that window."""
+    rows = session.execute(
+        select(User.name, GpuLease.leased_at, GpuLease.released_at)
+        .join(Job, Job.id == GpuLease.job_id)
+        .join(User, User.id == Job.owner_id)
+        .where(GpuLease.leased_at < now)
+        .where(or_(GpuLease.released_at.is_(None), GpuLease.released_at > since))
+    )
+    held: dict[str, float] = {}
+    for name, leased_at, released_at in rows:
+        seconds = (min(released_at or now, now) - max(leased_at, since)).total_seconds()
+        held[name] = held.get(name, 0.0) + max(seconds, 0.0)
+    return held
 
 
 def gpus_by_state(session: Session) -> dict[tuple[str, str], int]:

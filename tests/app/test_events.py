@@ -144,9 +144,11 @@ def test_the_feed_of_all_jobs_follows_status_changes(api: httpx.Client) -> None:
     api.post("/jobs", json={"gpus": 0})  # before the feed is followed: not in it
     seen: list[Event] = []
 
+    late: list[int] = []
+
     def submit_later() -> None:
         time.sleep(1.0)
-        api.post("/jobs", json={"gpus": 0, "name": "late"})
+        late.append(api.post("/jobs", json={"gpus": 0, "name": "late"}).json()["id"])
 
     threading.Thread(target=submit_later).start()
     started = time.monotonic()
@@ -154,7 +156,7 @@ def test_the_feed_of_all_jobs_follows_status_changes(api: httpx.Client) -> None:
         for event in sse(feed):
             seen.append(event)
             break
-    assert json.loads(seen[0]["data"])["status"] == "queued"
+    assert json.loads(seen[0]["data"]) == {"job_id": late[0], "status": "queued"}
     assert time.monotonic() - started < 10
 
 

@@ -1,0 +1,224 @@
+"""The dashboard in a real headless Chromium (Debian's, driven by Playwright) against a real
+`trainyard api` process: log in, submit a job, see its GPU's holder, watch the curves gain a
+point as each epoch is committed, read the log, cancel a job.
+
+With TRAINYARD_SCREENSHOTS=DIR the pages are also saved there as PNGs (scripts/screenshots
+makes the README's)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.core import lifecycle
+from app.core.config import get_settings
+from app.core.db import get_session_factory
+from app.core.models import JobStatus
+from tests.conftest import REQUIRE_SERVICES, place_and_claim, register_test_host
+from tests.e2e.service import free_port, processes, service_env, wait_healthy
+from worker import runs
+
+CHROMIUM = os.environ.get("TRAINYARD_TEST_CHROMIUM", "/usr/bin/chromium")
+# As Debian's chromium must start on a closed network (no background calls that fail).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = os.environ.get("TRAINYARD_SCREENSHOTS")
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+def _no_browser(why: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"a browser is required here (TRAINYARD_TEST_REQUIRE_SERVICES=1): {why}")
+    pytest.skip(f"no browser for the dashboard tests: {why} (scripts/test installs one)")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as error:
+        _no_browser(f"playwright is not installed ({error})")
+    if not shutil.which(CHROMIUM):
+        _no_browser(f"{CHROMIUM} is missing (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def base_url(tokens: dict[str, str], db: Path, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    env = service_env(db, database_url=get_settings().database_url)
+    with processes([["api", "--port", str(port)]], env, tmp_path / "logs"):
+        base = f"http://127.0.0.1:{port}"
+        wait_healthy(base)
+        yield base
+
+
+@pytest.fixture
+def page(chromium: Any, base_url: str) -> Iterator[Any]:
+    context = chromium.new_context(base_url=base_url, viewport={"width": 1360, "height": 900})
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    # Everything the page loads comes from the app itself: no CDN (an air-gapped box).
+    foreign: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(base_url) else foreign.append(r.url))
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not foreign, f"requests outside the app: {foreign}"
+    assert not errors, f"script errors on the page: {errors}"
+
+
+def log_in(page: Any, token: str) -> None:
+    page.goto("/")
+    page.fill("#token", token)
+    page.click("#login button[type=submit]")
+
+
+def shoot(page: Any, name: str) -> None:
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
+
+
+def test_a_run_followed_from_submission_to_cancel(
+    page: Any, base_url: str, tokens: dict[str, str]
+) -> None:
+    from playwright.sync_api import expect
+
+    register_test_host(gpus=2)
+    log_in(page, tokens["alice"])
+    expect(page.locator("#whoami")).to_have_text("alice")
+
+    # Submitted from the form, it shows in the live table, queued.
+    page.fill("#submit input[name=name]", "resnet trial")
+    page.fill("#submit input[name=epochs]", "3")
+    page.fill("#submit input[name=gpus]", "1")
+    page.click("#submit button[type=submit]")
+    expect(page.locator("#submit-result")).to_contain_text("Submitted job #")
+    job_id = int(re.findall(r"\d+", page.locator("#submit-result").inner_text())[0])
+    row = page.locator(f"#jobs tr[data-job-id='{job_id}']")
+    expect(row.locator(".status")).to_have_text("queued")
+    expect(row.locator(".name")).to_have_text("resnet trial")
+
+    # Placed and claimed as a worker does: the row turns running and the GPU board names the
+    # holder, both without a reload.
+    attempt = place_and_claim(job_id)
+    expect(row.locator(".status")).to_have_text("running")
+    expect(row.locator(".gpus")).to_have_text("test-host: 0")
+    gpu = page.locator("[data-host='test-host'] .gpu[data-index='0']")
+    expect(gpu).to_have_attribute("data-state", "leased")
+    expect(gpu.locator(".holder")).to_have_text(f"job #{job_id} · alice")
+    expect(page.locator("[data-host='test-host'] .gpu[data-index='1']")).to_have_attribute(
+        "data-state", "free"
+    )
+    expect(page.locator("#usage tr[data-user='alice']")).to_be_visible()
+
+    # A job waiting for both GPUs, for the cancel below; the table gives its place and reason.
+    waiting = httpx.post(
+        f"{base_url}/jobs",
+        json={"gpus": 2, "epochs": 2, "name": "waits"},
+        headers={"Authorization": f"Bearer {tokens['alice']}"},
+    ).json()["id"]
+    with get_session_factory()() as session:
+        from worker.scheduler import schedule
+
+        schedule(session, get_settings())  # notes why it waits
+    expect(page.locator(f"#jobs tr[data-job-id='{waiting}'] .queue")).to_contain_text("#1")
+    shoot(page, "dashboard")
+
+    # The job page: each committed epoch adds a point to the curves, the log follows.
+    page.click(f"#jobs tr[data-job-id='{job_id}'] a")
+    chart = page.locator("#accuracy-chart")
+    expect(chart).to_have_attribute("data-points", "0")
+    with get_session_factory()() as session:
+        for epoch in (1, 2, 3):
+            record = {
+                "epoch": epoch,
+                "loss": 2.0 / epoch,
+                "val_loss": 2.2 / epoch,
+                "accuracy": 0.3 * epoch,
+                "val_accuracy": 0.28 * epoch,
+            }
+            assert runs.record_epoch(session, job_id, attempt, record)
+            assert runs.append_log(session, job_id, attempt, [f"epoch {epoch}/3 done"], 1000)
+            expect(chart).to_have_attribute("data-points", str(epoch))
+            expect(page.locator("#loss-chart")).to_have_attribute("data-points", str(epoch))
+    expect(chart.locator("polyline[data-series='val_accuracy']")).to_have_count(1)
+    expect(page.locator("#log")).to_contain_text("epoch 3/3 done")
+    expect(page.locator("#job-card [data-field='epoch']")).to_have_text("3/3")
+    expect(page.locator("#job-card [data-field='val_accuracy']")).to_have_text("0.8400")
+    shoot(page, "job")
+    with get_session_factory()() as session:
+        assert lifecycle.finish(session, job_id, attempt, JobStatus.succeeded)
+    expect(page.locator("#job-card [data-field='status']")).to_have_text("succeeded")
+    expect(page.locator("#cancel")).to_be_hidden()
+
+    # Cancel the waiting job from its page; the board shows it cancelled.
+    page.goto(f"/#/jobs/{waiting}")
+    page.click("#cancel")
+    expect(page.locator("#job-card [data-field='status']")).to_have_text("cancelled")
+    page.click("text=all jobs")
+    expect(page.locator(f"#jobs tr[data-job-id='{waiting}'] .status")).to_have_text("cancelled")
+
+
+def test_only_the_owner_or_an_admin_gets_the_cancel_button(
+    page: Any, base_url: str, tokens: dict[str, str]
+) -> None:
+    from playwright.sync_api import expect
+
+    job_id = httpx.post(
+        f"{base_url}/jobs", json={"gpus": 0}, headers={"Authorization": f"Bearer {tokens['bob']}"}
+    ).json()["id"]
+    log_in(page, tokens["alice"])
+    page.goto(f"/#/jobs/{job_id}")
+    expect(page.locator("#job-card [data-field='owner']")).to_have_text("bob")
+    expect(page.locator("#cancel")).to_be_hidden()
+    page.click("#logout")
+    log_in(page, tokens["root"])
+    expect(page.locator("#whoami")).to_have_text("root (admin)")
+    page.goto(f"/#/jobs/{job_id}")
+    expect(page.locator("#cancel")).to_be_visible()
+
+
+def test_the_token_is_asked_once_and_kept_out_of_urls_and_disk(
+    page: Any, base_url: str, tokens: dict[str, str]
+) -> None:
+    from playwright.sync_api import expect
+
+    answer = httpx.get(f"{base_url}/")
+    assert "script-src 'self'" in answer.headers["content-security-policy"]
+
+    log_in(page, "ty_not-a-real-token")
+    expect(page.locator("#login-error")).to_have_text("That token is not valid.")
+    expect(page.locator("#board-view")).to_be_hidden()
+
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    log_in(page, tokens["alice"])
+    expect(page.locator("#whoami")).to_have_text("alice")
+    page.reload()  # the browser session keeps it: no second login
+    expect(page.locator("#whoami")).to_have_text("alice")
+    expect(page.locator("#login-view")).to_be_hidden()
+    assert not [url for url in urls if tokens["alice"] in url]
+    assert page.evaluate("window.localStorage.length") == 0  # nothing outlives the session
+    page.click("#logout")
+    expect(page.locator("#login-view")).to_be_visible()
+    assert page.evaluate("window.sessionStorage.length") == 0
