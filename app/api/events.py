@@ -4,13 +4,15 @@
 
 A stream sends the backlog after the id it resumes from (Last-Event-ID, or ?after=), then
 live events as they are committed. Streams do not poll the database each: one watcher per
-API process reads the newest event id every WATCH_SECONDS and wakes them all when it moves.
+API process wakes them all when an event is committed (PostgreSQL's LISTEN/NOTIFY; on SQLite
+it reads the newest event id every WATCH_SECONDS).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,23 +27,32 @@ from app.api.auth import UNAUTHORIZED, CurrentUser, current_user
 from app.api.deps import SessionDep
 from app.api.jobs import NOT_FOUND, JobId, _job_or_404
 from app.core import events
-from app.core.db import get_session_factory
+from app.core.db import POSTGRES_TIMEOUTS, get_engine, get_session_factory
 from app.core.models import TERMINAL_STATUSES, Job, User
 
-WATCH_SECONDS = 0.25
+WATCH_SECONDS = 0.25  # SQLite: how often the newest event id is read
+LISTEN_CHECK_SECONDS = 5.0  # PostgreSQL: a quiet LISTEN connection is checked this often
+EVENTS_CHANNEL = "trainyard_events"  # notified by migrations/versions/0014
 HEARTBEAT_SECONDS = 15.0
 NDJSON = "application/x-ndjson"
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["events"], dependencies=[Depends(current_user)], responses=UNAUTHORIZED)
 
 
 class Watcher:
-    """Reads the newest event id (one query per WATCH_SECONDS, whatever the number of
-    streams) and wakes every waiting stream when it changes. One per event loop; it runs
-    only while a stream is subscribed."""
+    """Wakes every waiting stream of this event loop when an event is committed anywhere.
+    On PostgreSQL it LISTENs (migration 0014 makes each insert into job_events NOTIFY on
+    commit): one connection per API process, whatever the number of streams, and no delay.
+    On SQLite, which has no notifications, it reads the newest event id every WATCH_SECONDS
+    (one query per process, not per stream). It runs only while a stream is subscribed.
+
+    `generation` counts the wake-ups: a stream notes it before reading, and its wait returns
+    at once if an event came in between (it would otherwise sleep until the next one)."""
 
     def __init__(self) -> None:
         self.changed = asyncio.Condition()
+        self.generation = 0
         self.subscribers = 0
         self.task: asyncio.Task[None] | None = None
 
@@ -56,23 +67,58 @@ class Watcher:
             self.subscribers -= 1
 
     async def _watch(self) -> None:
+        while self.subscribers > 0:
+            try:
+                if get_engine().dialect.name == "postgresql":
+                    await self._listen()
+                else:
+                    await self._poll()
+            except Exception as error:  # the database away: streams wait, the watcher retries
+                log.debug("event watcher: %s", error)
+                await asyncio.sleep(WATCH_SECONDS)
+
+    async def _poll(self) -> None:
         newest = await to_thread.run_sync(_newest_id)
         while self.subscribers > 0:
             await asyncio.sleep(WATCH_SECONDS)
-            try:
-                latest = await to_thread.run_sync(_newest_id)
-            except Exception:  # the database away: streams wait, the watcher keeps trying
-                continue
+            latest = await to_thread.run_sync(_newest_id)
             if latest != newest:
                 newest = latest
-                async with self.changed:
-                    self.changed.notify_all()
+                await self._wake()
 
-    async def wait(self, timeout: float) -> bool:
-        """Until an event is committed anywhere (True) or `timeout` passes (False)."""
+    async def _listen(self) -> None:
+        import psycopg
+        from psycopg.conninfo import make_conninfo
+
+        url = get_engine().url.set(drivername="postgresql")
+        conninfo = make_conninfo(url.render_as_string(hide_password=False), **POSTGRES_TIMEOUTS)
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as connection:
+            await connection.execute(f"LISTEN {EVENTS_CHANNEL}")
+            await self._wake()  # what was committed while nobody listened
+            quiet = 0.0
+            while self.subscribers > 0:
+                woken = False
+                async for _ in connection.notifies(timeout=1.0):
+                    woken = True
+                    await self._wake()
+                quiet = 0.0 if woken else quiet + 1.0
+                if quiet >= LISTEN_CHECK_SECONDS:  # a dead connection raises here: reconnect
+                    await connection.execute("SELECT 1")
+                    quiet = 0.0
+
+    async def _wake(self) -> None:
+        async with self.changed:
+            self.generation += 1
+            self.changed.notify_all()
+
+    async def wait(self, seen: int, timeout: float) -> bool:
+        """Until an event is committed anywhere after wake-up `seen` (True), or `timeout`
+        passes (False)."""
         async with self.changed:
             try:
-                await asyncio.wait_for(self.changed.wait(), timeout)
+                await asyncio.wait_for(
+                    self.changed.wait_for(lambda: self.generation != seen), timeout
+                )
             except TimeoutError:
                 return False
         return True
@@ -131,6 +177,7 @@ async def stream(
     live = watcher()
     with live.subscribed():
         while True:
+            seen = live.generation
             batch = await to_thread.run_sync(_read, job_id, after, logs)
             for event_id, kind, data in batch.events:
                 yield event_id, kind, data
@@ -138,7 +185,7 @@ async def stream(
             if batch.final is not None:
                 yield None, "end", batch.final
                 return
-            if not batch.events and not await live.wait(HEARTBEAT_SECONDS):
+            if not batch.events and not await live.wait(seen, HEARTBEAT_SECONDS):
                 yield None, "heartbeat", {}
 
 

@@ -32,7 +32,7 @@ def make_engine(url: str) -> Engine:
 # A database that drops packets must not hang a worker or the API: connecting gives up after
 # 10 s, a statement after 60 s, and a connection whose peer went silent is dropped by TCP
 # within about 30 s (keepalives while idle, a user timeout while sending).
-POSTGRES_TIMEOUTS = {
+POSTGRES_TIMEOUTS: dict[str, str | int] = {
     "connect_timeout": 10,
     "options": "-c statement_timeout=60000",
     "keepalives": 1,
