@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright) against a real
-`trainyard api` process: log in, submit a job, see its GPU's holder, watch the curves gain a
-point as each epoch is committed, read the log, cancel a job.
+`trainyard api` process: log in, submit a job, see its GPU's holder (and a foreign process
+on another), watch the curves gain a point as each epoch is committed, read the log, cancel
+a job.
 
 With TRAINYARD_SCREENSHOTS=DIR the pages are also saved there as PNGs (scripts/screenshots
 makes the README's)."""
@@ -16,11 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from app.core import lifecycle
 from app.core.config import get_settings
 from app.core.db import get_session_factory
-from app.core.models import JobStatus
+from app.core.models import Gpu, JobStatus
 from tests.conftest import REQUIRE_SERVICES, place_and_claim, register_test_host
 from tests.e2e.service import free_port, processes, service_env, wait_healthy
 from worker import runs
@@ -126,9 +128,14 @@ def test_a_run_followed_from_submission_to_cancel(
     gpu = page.locator("[data-host='test-host'] .gpu[data-index='0']")
     expect(gpu).to_have_attribute("data-state", "leased")
     expect(gpu.locator(".holder")).to_have_text(f"job #{job_id} · alice")
-    expect(page.locator("[data-host='test-host'] .gpu[data-index='1']")).to_have_attribute(
-        "data-state", "free"
-    )
+    other = page.locator("[data-host='test-host'] .gpu[data-index='1']")
+    expect(other).to_have_attribute("data-state", "free")
+    # A process Trainyard did not start takes the other GPU (as a host agent reports it).
+    with get_session_factory()() as session:
+        session.execute(update(Gpu).where(Gpu.index == 1).values(foreign_pids=[4242]))
+        session.commit()
+    expect(other).to_have_attribute("data-state", "foreign")
+    expect(other.locator(".holder")).to_have_text("foreign process, PIDs 4242")
     expect(page.locator("#usage tr[data-user='alice']")).to_be_visible()
 
     # A job waiting for both GPUs, for the cancel below; the table gives its place and reason.
