@@ -335,6 +335,11 @@ def db_from_migrations(configure: Configure, request: pytest.FixtureRequest) -> 
     return configure(database_url=url)
 
 
+# Prepended to a `python -c` script, makes `import app` or `import worker` fail, as in a
+# user's Python without Trainyard (the project's own virtualenv has it installed).
+BLOCK_TRAINYARD = "import sys; sys.modules['app'] = sys.modules['worker'] = None; "
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

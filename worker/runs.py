@@ -22,7 +22,14 @@ from app.core.logs import clean_line
 from app.core.models import EPOCH_METRICS, Epoch, Job, LogLine, utcnow
 
 # Fields of the trainer's `started` event kept as the job's `resolved`.
-RESOLVED_FIELDS = ("bn_momentum", "precision", "params", "global_batch", "steps_per_epoch")
+RESOLVED_FIELDS = (
+    "bn_momentum",
+    "weight_decay",
+    "precision",
+    "params",
+    "global_batch",
+    "steps_per_epoch",
+)
 
 
 def record_started(session: Session, job_id: int, attempt: int, event: dict[str, Any]) -> bool:

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from app.api import datasets, events, gpus, health, jobs, me, metrics, plots
+from app.api import datasets, events, gpus, health, jobs, me, metrics, models, plots
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -13,3 +13,4 @@ api_router.include_router(plots.router)
 api_router.include_router(events.router)
 api_router.include_router(metrics.router)
 api_router.include_router(me.router)
+api_router.include_router(models.router)

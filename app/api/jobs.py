@@ -3,7 +3,7 @@
 import csv
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response, status
@@ -17,13 +17,13 @@ from app.api.rate_limit import submissions
 from app.api.schemas import EpochOut, JobOut, JobPage
 from app.core import jobs as job_queries
 from app.core import lifecycle, retention
-from app.core.artifacts import artifact_store, model_key
+from app.core.artifacts import artifact_store, mean_image_key, model_key
 from app.core.config import get_settings
 from app.core.datasets import get_dataset
 from app.core.db import get_session_factory
 from app.core.hosts import live_hosts, too_few_gpus
 from app.core.logs import stored_log, stored_tail, tail_lines
-from app.core.models import EPOCH_METRICS, Epoch, Job, JobStatus, utcnow
+from app.core.models import EPOCH_METRICS, Epoch, Job, JobStatus, User, utcnow
 from app.core.plots import chart_title, history_png
 from app.core.spec import MAX_ID, JobSpec
 
@@ -246,24 +246,44 @@ def _whole_log(job: Job) -> Iterator[str]:
         yield from stored_log(session, job)
 
 
-@router.get(
-    "/{job_id}/model",
-    response_class=FileResponse,
-    responses={
-        200: {"content": {"application/octet-stream": {}}},
-        **NOT_FOUND,
-        **FORBIDDEN,
-        409: {"description": "The job has no trained model yet."},
-    },
-)
+DOWNLOAD: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}},
+    **NOT_FOUND,
+    **FORBIDDEN,
+    409: {"description": "The job has not succeeded (nothing to download yet)."},
+}
+
+
+@router.get("/{job_id}/model", response_class=FileResponse, responses=DOWNLOAD)
 def get_model(job_id: JobId, session: SessionDep, user: CurrentUser) -> Response:
     """Download the trained model (`.keras`) of a succeeded job (owner or admin)."""
+    return _download(session, user, job_id, "model", model_key, "model.keras", ".keras")
+
+
+@router.get("/{job_id}/mean_image.npy", response_class=FileResponse, responses=DOWNLOAD)
+def get_mean_image(job_id: JobId, session: SessionDep, user: CurrentUser) -> Response:
+    """The per-pixel mean image (`.npy`, float32 H x W x C) of a succeeded job's training
+    data: the model expects it subtracted from its input (owner or admin)."""
+    return _download(
+        session, user, job_id, "mean image", mean_image_key, "mean_image.npy", "-mean_image.npy"
+    )
+
+
+def _download(
+    session: SessionDep,
+    user: User,
+    job_id: int,
+    what: str,
+    key: Callable[[int, int], str],
+    local_name: str,
+    suffix: str,
+) -> Response:
     job = _job_or_404(session, job_id)
-    require_owner_or_admin(job, user, "download the model of")
-    filename = f"job-{job_id}.keras"
+    require_owner_or_admin(job, user, f"download the {what} of")
+    filename = f"job-{job_id}{suffix}"
     if job.status == JobStatus.succeeded:
         store = artifact_store(get_settings())
-        stored = store.info(model_key(job_id, job.attempt))
+        stored = store.info(key(job_id, job.attempt))
         if stored is not None:
             return StreamingResponse(
                 store.chunks(stored.key),
@@ -273,10 +293,10 @@ def get_model(job_id: JobId, session: SessionDep, user: CurrentUser) -> Response
                     "Content-Length": str(stored.size),
                 },
             )
-        local = get_settings().job_dir(job_id) / "model.keras"  # a job from before the store
+        local = get_settings().job_dir(job_id) / local_name  # a job from before the store
         if local.exists():
             return FileResponse(local, filename=filename)
-    raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has no model: {job.status}")
+    raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has no {what}: {job.status}")
 
 
 @router.post(

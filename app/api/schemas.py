@@ -47,7 +47,8 @@ class JobOut(BaseModel):
     replicas: int | None
     resolved: dict[str, Any] | None = Field(
         description="What the trainer chose and measured at its start: bn_momentum (the value "
-        'used for "auto"), precision, params, global_batch, steps_per_epoch.'
+        'used for "auto"), weight_decay (the value used when not given), precision, params, '
+        "global_batch, steps_per_epoch."
     )
     current_epoch: int | None = Field(description="Last completed epoch, if any.")
     last_metrics: EpochOut | None = Field(description="Metrics of the last completed epoch.")

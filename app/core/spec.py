@@ -57,6 +57,10 @@ LOCAL_FILES = "local_files"
 # set (digits at batch 64: 21 steps per epoch, validation accuracy at chance for 3 epochs);
 # at 0.9 they follow the data within an epoch. Counted in per-replica batches, so the value
 # does not change with the number of GPUs a job gets; CIFAR-10 (781 batches) keeps 0.99.
+# The zoo's names (app/core/zoo.py describes each; a test holds the two lists together).
+ModelName = Literal["minigooglenet", "resnet20", "resnet56", "vgg", "mlp"]
+Augment = Literal["shift_flip", "pad_crop", "none"]
+
 BN_MOMENTUM_BOOK = 0.99
 BN_MOMENTUM_SMALL_DATA = 0.9
 BN_AUTO_MIN_BATCHES = 200
@@ -82,9 +86,10 @@ class TrainingSpec(BaseModel):
         json_schema_extra=ONE_KIND_OF_REPLICA,
     )
 
-    model: Literal["minigooglenet"] = Field(
+    model: ModelName = Field(
         default="minigooglenet",
-        description="Architecture: MiniGoogLeNet as the book builds it.",
+        description="Architecture from the zoo (`GET /models`): `minigooglenet` (the seed's, "
+        "as the book builds it), `resnet20`, `resnet56`, `vgg`, `mlp`.",
     )
     dataset: BuiltinDataset | DatasetId | SkipJsonSchema[str] = Field(
         default="cifar10",
@@ -114,7 +119,27 @@ class TrainingSpec(BaseModel):
         le=4096,
         description="Images per replica per step (global batch = batch_size x replicas).",
     )
+    optimizer: Literal["sgd", "adam", "adamw"] = Field(
+        default="sgd",
+        description="`sgd` (the seed's: SGD with `momentum`), `adam`, or `adamw` (Adam with "
+        "decoupled weight decay, Loshchilov and Hutter 2019).",
+    )
     momentum: float = Field(default=0.9, ge=0, le=1, description="SGD momentum.")
+    weight_decay: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Decoupled weight decay, as Keras applies it (each step w -= lr x "
+        "weight_decay x w). Default: 0 for `sgd` and `adam` (the seed has none), Keras' 0.004 "
+        "for `adamw`.",
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Label smoothing of the cross-entropy (Szegedy et al. 2016); 0: none, as "
+        "the seed.",
+    )
     bn_momentum: Literal["auto"] | Annotated[float, Field(gt=0, lt=1)] = Field(
         default="auto",
         description=f"BatchNormalization momentum. `auto`: the book's {BN_MOMENTUM_BOOK} when "
@@ -122,10 +147,12 @@ class TrainingSpec(BaseModel):
         f"images (CIFAR-10), else {BN_MOMENTUM_SMALL_DATA}, which learns visibly on small "
         "data; the value used is shown in the job's `resolved`.",
     )
-    augment: bool = Field(
-        default=True,
-        description="The seed's augmentation: width/height shift 0.1 (nearest fill) and "
-        "horizontal flip.",
+    augment: Augment = Field(
+        default="shift_flip",
+        description="Training-time augmentation: `shift_flip`, the seed's (width/height shift "
+        "0.1, nearest fill, horizontal flip); `pad_crop`, the CIFAR standard (pad 4 pixels "
+        "with zeros, random 32x32 crop, horizontal flip); `none`. true and false, from "
+        "before the choices, mean `shift_flip` and `none`.",
     )
     lr_power: float = Field(
         default=1.0,
@@ -155,6 +182,16 @@ class TrainingSpec(BaseModel):
         # 7.5, "7" and true are still refused.
         if isinstance(value, float) and value.is_integer():
             return int(value)
+        return value
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_was_a_switch(cls, value: Any) -> Any:
+        # Specs stored and scripts written when augment was on or off.
+        if value is True:
+            return "shift_flip"
+        if value is False:
+            return "none"
         return value
 
     @field_validator("dataset")
@@ -200,6 +237,16 @@ class JobSpec(TrainingSpec):
         description="Keep the per-epoch checkpoints once the job has ended; by default they "
         "are removed then (the model, metrics and log are kept).",
     )
+
+
+ADAMW_WEIGHT_DECAY = 0.004  # Keras' default for AdamW
+
+
+def resolve_weight_decay(spec: TrainingSpec) -> float:
+    """The weight decay a run uses (see TrainingSpec.weight_decay)."""
+    if spec.weight_decay is not None:
+        return spec.weight_decay
+    return ADAMW_WEIGHT_DECAY if spec.optimizer == "adamw" else 0.0
 
 
 def resolve_bn_momentum(spec: TrainingSpec, train_images: int) -> float:

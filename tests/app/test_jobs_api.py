@@ -71,9 +71,12 @@ def test_submit_returns_the_stored_job_with_defaults(client: TestClient) -> None
         "epochs": 3,
         "lr": 0.005,
         "batch_size": 64,
+        "optimizer": "sgd",
         "momentum": 0.9,
+        "weight_decay": None,
+        "label_smoothing": 0.0,
         "bn_momentum": "auto",
-        "augment": True,
+        "augment": "shift_flip",
         "lr_power": 1.0,
         "lr_scaling": "none",
         "mixed_precision": "auto",
@@ -298,6 +301,8 @@ def test_logs_and_model(client: TestClient, db: Path) -> None:
     job_id = client.post("/jobs", json={}).json()["id"]
     assert client.get(f"/jobs/{job_id}/logs").text == ""
     assert client.get(f"/jobs/{job_id}/model").status_code == 409
+    mean = client.get(f"/jobs/{job_id}/mean_image.npy")
+    assert mean.status_code == 409 and "no mean image: queued" in mean.text
     folder = db / "jobs" / str(job_id)
     folder.mkdir(parents=True)
     (folder / "train.log").write_text("".join(f"line {i}\n" for i in range(10)))

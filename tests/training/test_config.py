@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.core.spec import JobSpec, TrainingSpec
+from app.core.spec import JobSpec, TrainingSpec, resolve_weight_decay
 from worker.training.__main__ import build_parser, config_from_args, new_run_folder
 from worker.training.checkpoints import CheckpointStore
 from worker.training.config import UserError, learning_rate, load_config, warmup_epochs
@@ -22,7 +22,17 @@ from .conftest import trainer_env
 def test_defaults_are_the_seed_recipe() -> None:
     config = load_config({})
     assert (config.epochs, config.lr, config.batch_size, config.momentum) == (70, 0.005, 64, 0.9)
-    assert config.gpus == 1 and config.augment and config.lr_power == 1.0
+    assert config.gpus == 1 and config.augment == "shift_flip" and config.lr_power == 1.0
+    assert (config.model, config.optimizer, config.label_smoothing) == ("minigooglenet", "sgd", 0)
+    assert resolve_weight_decay(config) == 0  # the seed: plain SGD with momentum, no decay
+
+
+def test_augment_takes_the_old_switch_too() -> None:
+    # Specs stored, and scripts written, when augment was true or false.
+    assert load_config({"augment": True}).augment == "shift_flip"
+    assert load_config({"augment": False}).augment == "none"
+    with pytest.raises(UserError, match="augment"):
+        load_config({"augment": "crop"})
 
 
 def test_trainer_defaults_are_the_services() -> None:
@@ -110,13 +120,13 @@ def test_run_folders_are_new_per_run(tmp_path: Path) -> None:
 def test_flags_override_the_config_file(tmp_path: Path) -> None:
     path = tmp_path / "job.json"
     path.write_text(json.dumps({"epochs": 9, "lr": 0.1, "dataset": "synthetic", "gpus": 0}))
-    args = build_parser().parse_args(["--config", str(path), "--lr", "0.2", "--no-augment"])
+    args = build_parser().parse_args(["--config", str(path), "--lr", "0.2", "--augment", "none"])
     config = config_from_args(args)
     assert (config.epochs, config.lr, config.dataset, config.augment) == (
         9,
         0.2,
         "synthetic",
-        False,
+        "none",
     )
     assert config.gpus == 0
 

@@ -68,7 +68,16 @@ def test_two_cpu_replicas_train_and_keep_two_checkpoints(trainer, tmp_path: Path
     finished = run.one("finished")
     assert finished["epochs"] == 3
     with zipfile.ZipFile(finished["model_path"]) as saved:
-        layers = json.loads(saved.read("config.json"))["config"]["layers"]
+        saved_config = json.loads(saved.read("config.json"))
+    layers = saved_config["config"]["layers"]
+    # The defaults train the seed's way: SGD with momentum 0.9, no weight decay, the
+    # (sparse) categorical cross-entropy, no label smoothing.
+    compiled = saved_config["compile_config"]
+    optimizer = compiled["optimizer"]
+    assert optimizer["class_name"] == "SGD"
+    assert (optimizer["config"]["momentum"], optimizer["config"]["nesterov"]) == (0.9, False)
+    assert optimizer["config"]["weight_decay"] is None
+    assert compiled["loss"] == "sparse_categorical_crossentropy"
     # The download holds stock Keras layers only (see worker/training/layers.py).
     assert sum(layer["class_name"] == "BatchNormalization" for layer in layers) == 19
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from app.core.plots import chart_title, history_png
-from app.core.spec import TrainingSpec, resolve_bn_momentum
+from app.core.spec import TrainingSpec, resolve_bn_momentum, resolve_weight_decay
 
 from .callbacks import EpochReporter, NanGuard, PolyDecay, TrainingFailure, optimizer_values
 from .checkpoints import Checkpoint, CheckpointStore
@@ -82,19 +82,26 @@ def _train(
     reporter.info(f"[INFO] loading {config.dataset} data...")
     dataset = load_dataset(config.dataset)
     global_batch = config.batch_size * setup.replicas
-    pipelines = build_pipelines(dataset, global_batch, config.augment, config.seed)
+    smoothing = config.label_smoothing > 0
+    pipelines = build_pipelines(
+        dataset, global_batch, config.augment, config.seed, one_hot=smoothing
+    )
     bn_momentum = resolve_bn_momentum(config, len(dataset.x_train))
+    weight_decay = resolve_weight_decay(config)
 
     with setup.strategy.scope():
         model = build_model(config.model, dataset.input_shape, dataset.classes, bn_momentum)
-        optimizer = keras.optimizers.SGD(
-            learning_rate=learning_rate(config, 0, setup.replicas), momentum=config.momentum
-        )
+        optimizer = make_optimizer(config, learning_rate(config, 0, setup.replicas), weight_decay)
         # Sparse labels: the same loss as the seed's one-hot categorical crossentropy,
-        # without a (N, classes) float label copy.
+        # without a (N, classes) float label copy. Smoothing needs the one-hot rows.
+        loss = (
+            keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+            if smoothing
+            else "sparse_categorical_crossentropy"
+        )
         model.compile(
             optimizer=optimizer,
-            loss="sparse_categorical_crossentropy",
+            loss=loss,
             metrics=["accuracy"],
             steps_per_execution=STEPS_PER_EXECUTION,
         )
@@ -130,6 +137,8 @@ def _train(
         global_batch=global_batch,
         steps_per_epoch=pipelines.steps_per_epoch,
         bn_momentum=bn_momentum,
+        optimizer=config.optimizer,
+        weight_decay=weight_decay,
         workdir=str(paths.workdir),
     )
     for record in history:
@@ -162,9 +171,31 @@ def _train(
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         plot_path.write_bytes(history_png(history, chart_title(config.model, dataset.name)))
         plotted = str(plot_path)
-    finished = {"epochs": len(history), "model_path": str(paths.model), "plot_path": plotted}
+    finished = {
+        "epochs": len(history),
+        "model_path": str(paths.model),
+        "plot_path": plotted,
+        # What the model says of the first test images: the saved model.keras, loaded
+        # anywhere with the mean image subtracted, must say the same.
+        "test_predictions": _predicted_classes(model, dataset.x_test[:10], pipelines.mean_image),
+    }
     reporter.event("finished", **finished)
     return finished
+
+
+def _predicted_classes(model: keras.Model, images: np.ndarray, mean: np.ndarray) -> list[int]:
+    probabilities = model.predict(images.astype(np.float32) - mean, verbose=0)
+    return [int(label) for label in np.argmax(probabilities, axis=-1)]
+
+
+def make_optimizer(config: TrainingSpec, lr: float, weight_decay: float) -> keras.Optimizer:
+    """The spec's optimizer; `weight_decay` 0 is none (Keras applies decay when it is set)."""
+    decay = weight_decay or None
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=lr, weight_decay=decay)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay)
+    return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum, weight_decay=decay)
 
 
 def _restore(

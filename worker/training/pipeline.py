@@ -9,16 +9,20 @@ parallel with the training step, prefetched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from app.core.spec import Augment
+
 from .config import UserError
 from .data import Dataset
 
 SHIFT = 0.1  # the seed's width_shift_range / height_shift_range
+PAD = 4  # pad_crop: pixels of zeros on each side before the random crop (He et al. 2016)
 
 
 @dataclass(frozen=True)
@@ -41,9 +45,14 @@ def mean_image(images: np.ndarray) -> np.ndarray:
 
 
 def build_pipelines(
-    dataset: Dataset, global_batch: int, augment: bool, seed: int | None = None
+    dataset: Dataset,
+    global_batch: int,
+    augment: Augment,
+    seed: int | None = None,
+    one_hot: bool = False,
 ) -> Pipelines:
-    """Training (shuffled, augmented, full batches) and validation (test split) pipelines."""
+    """Training (shuffled, augmented, full batches) and validation (test split) pipelines.
+    `one_hot`: labels as one-hot rows (what a label-smoothed loss needs), else class ids."""
     train_count = len(dataset.x_train)
     if train_count < global_batch:
         raise UserError(
@@ -52,18 +61,21 @@ def build_pipelines(
         )
     mean = mean_image(dataset.x_train)
     mean_tensor = tf.constant(mean)
-    augmenter = _augmenter(seed) if augment else None
+    augmenter = _augmenter(augment, seed)
 
     def prepare(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         images = tf.cast(images, tf.float32) - mean_tensor
+        if one_hot:
+            labels = tf.one_hot(labels, dataset.classes)
         return images, labels
 
     def prepare_augmented(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         images, labels = prepare(images, labels)
         # Mean first, then shift: like the seed, whose generator sees mean-subtracted data,
-        # so "nearest" fill repeats mean-subtracted edge pixels.
+        # so "nearest" fill repeats mean-subtracted edge pixels (and pad_crop's zeros are
+        # the mean image).
         if augmenter is not None:
-            images = augmenter(images, training=True)
+            images = augmenter(images)
         return images, labels
 
     autotune = tf.data.AUTOTUNE
@@ -95,13 +107,29 @@ def build_pipelines(
     )
 
 
-def _augmenter(seed: int | None) -> keras.Sequential:
-    """The seed's ImageDataGenerator(width/height_shift_range=0.1, horizontal_flip=True,
-    fill_mode="nearest") as Keras preprocessing layers, which run as TF ops on whole batches."""
-    return keras.Sequential(
-        [
-            keras.layers.RandomTranslation(SHIFT, SHIFT, fill_mode="nearest", seed=seed),
-            keras.layers.RandomFlip("horizontal", seed=None if seed is None else seed + 1),
-        ],
+def _augmenter(augment: Augment, seed: int | None) -> Callable[[tf.Tensor], tf.Tensor] | None:
+    if augment == "none":
+        return None
+    flip = keras.layers.RandomFlip("horizontal", seed=None if seed is None else seed + 1)
+    if augment == "pad_crop":
+        return lambda images: flip(pad_and_crop(images, PAD, seed), training=True)
+    # The seed's ImageDataGenerator(width/height_shift_range=0.1, horizontal_flip=True,
+    # fill_mode="nearest") as Keras preprocessing layers, which run as TF ops on whole batches.
+    shift_flip = keras.Sequential(
+        [keras.layers.RandomTranslation(SHIFT, SHIFT, fill_mode="nearest", seed=seed), flip],
         name="augment",
     )
+    return lambda images: shift_flip(images, training=True)
+
+
+def pad_and_crop(images: tf.Tensor, pad: int, seed: int | None = None) -> tf.Tensor:
+    """Each image of the batch padded with `pad` zeros on every side, then cropped back to
+    its size at a random offset of its own (0..2 x pad in each direction)."""
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    offsets = tf.random.uniform([batch, 2], 0, 2 * pad + 1, dtype=tf.int32, seed=seed)
+    rows = offsets[:, :1] + tf.range(height)[tf.newaxis, :]  # (batch, height)
+    cols = offsets[:, 1:] + tf.range(width)[tf.newaxis, :]  # (batch, width)
+    picked_rows = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(picked_rows, cols, axis=2, batch_dims=1)

@@ -1,0 +1,84 @@
+"""A zoo model through the whole service: `trainyard up` advertising 2 simulated GPUs, a
+ResNet-20 job on digits with `gpus: 2` trains as two MirroredStrategy replicas, and its
+downloaded model and mean image score the test split as the trainer did."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.core.zoo import ZOO
+from tests.conftest import BLOCK_TRAINYARD
+from tests.e2e.service import (
+    TERMINAL,
+    add_user,
+    api_client,
+    free_port,
+    processes,
+    service_env,
+    wait_for,
+    wait_for_hosts,
+    wait_healthy,
+)
+
+pytestmark = pytest.mark.training
+
+
+def test_resnet20_on_two_simulated_gpus(data_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = service_env(data_dir, simulated_gpus="2", worker_name="lab1")
+    with processes([["up", "--port", str(port)]], env, tmp_path / "logs"):
+        wait_healthy(base_url)
+        client = api_client(base_url, add_user(env, "alice"))
+        wait_for_hosts(client, {"lab1"})
+        spec = {
+            "model": "resnet20",
+            "dataset": "digits",
+            "epochs": 3,
+            "gpus": 2,
+            "lr": 0.05,
+            "mixed_precision": "bfloat16",
+            "seed": 1,
+        }
+        job_id = client.post("/jobs", json=spec).json()["id"]
+        job = wait_for(client, job_id, lambda j: j["status"] in TERMINAL, timeout=300)
+        assert job["status"] == "succeeded", job
+        assert job["replicas"] == 2
+        assert job["resolved"]["params"] == ZOO["resnet20"].params  # as the README lists it
+        metrics = client.get(f"/jobs/{job_id}/metrics").json()
+        assert [m["epoch"] for m in metrics] == [1, 2, 3]
+        assert all(m["replicas"] == 2 for m in metrics)
+        # The model card's files: model and mean image, downloaded as a user would.
+        (tmp_path / "model.keras").write_bytes(client.get(f"/jobs/{job_id}/model").content)
+        mean = client.get(f"/jobs/{job_id}/mean_image.npy")
+        assert mean.status_code == 200
+        (tmp_path / "mean.npy").write_bytes(mean.content)
+        val_accuracy = job["last_metrics"]["val_accuracy"]
+
+    # Plain Keras in a Python that cannot import Trainyard scores the test split as the
+    # trainer's last validation did.
+    from worker.training.data import load_digits
+
+    digits = load_digits()
+    np.save(tmp_path / "x.npy", digits.x_test)
+    np.save(tmp_path / "y.npy", digits.y_test)
+    script = (
+        f"{BLOCK_TRAINYARD}import numpy as np, keras; "
+        "m = keras.saving.load_model('model.keras'); "
+        "x = np.load('x.npy').astype('float32') - np.load('mean.npy'); "
+        "p = np.argmax(m.predict(x, verbose=0), axis=-1); "
+        "print(float(np.mean(p == np.load('y.npy'))))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    scored = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert float(scored.stdout.strip().splitlines()[-1]) == pytest.approx(val_accuracy, abs=0.01)
