@@ -10,6 +10,7 @@ from pathlib import Path
 
 from app.core.artifacts import (
     ArtifactStore,
+    architecture_key,
     checkpoint_key,
     checkpoints_prefix,
     dataset_key,
@@ -68,6 +69,14 @@ def store_results(store: ArtifactStore, job_id: int, attempt: int, workdir: Path
 
 def drop_checkpoints(store: ArtifactStore, job_id: int) -> None:
     store.delete_prefix(checkpoints_prefix(job_id))
+
+
+def cached_architecture(store: ArtifactStore, settings: Settings, sha256: str, kind: str) -> Path:
+    """This host's copy of an uploaded architecture (`kind` "keras" or "json"), by content."""
+    path = settings.datasets_dir / "cache" / f"{sha256}.{kind}"
+    if not path.exists():
+        download(store, architecture_key(sha256), path)
+    return path
 
 
 def cached_dataset(store: ArtifactStore, settings: Settings, sha256: str) -> Path:

@@ -33,10 +33,11 @@ from app.core.artifacts import artifact_store
 from app.core.config import Settings
 from app.core.disk import disk_full_message, is_disk_full, release_reserve
 from app.core.logs import training_tail
-from app.core.models import Dataset, FailureReason, JobStatus
+from app.core.models import Architecture, Dataset, FailureReason, JobStatus
 from worker import runs
 from worker.procfs import group_alive, oom_kills
 from worker.run_files import (
+    cached_architecture,
     cached_dataset,
     drop_checkpoints,
     restore_checkpoint,
@@ -287,6 +288,8 @@ class JobSupervisor:
         config = trainer_config(self.claim.spec)
         if isinstance(self.claim.spec.get("dataset"), int):
             config["dataset"] = str(self._retrying(self._dataset_file))
+        if isinstance(self.claim.spec.get("model"), int):
+            config["model"] = str(self._retrying(self._architecture_file))
         # Resuming on another host than the last run's: its newest stored checkpoint.
         job_id, folder = self.claim.job_id, self.workdir / "checkpoints"
         self._retrying(lambda: restore_checkpoint(self.store, job_id, folder))
@@ -335,6 +338,16 @@ class JobSupervisor:
         if sha256 is None:
             return self.settings.dataset_path(dataset_id)
         return cached_dataset(self.store, self.settings, sha256)
+
+    def _architecture_file(self) -> Path:
+        """The uploaded architecture's file on this host, fetched from the store and cached
+        by content hash (which also names it in the run's checkpoints)."""
+        with self.session_factory() as session:
+            found = session.get(Architecture, int(self.claim.spec["model"]))
+            if found is None:  # deletion waits for active jobs; the trainer says it is gone
+                return self.settings.datasets_dir / "cache" / "deleted-architecture.keras"
+            sha256, kind = found.sha256, found.kind
+        return cached_architecture(self.store, self.settings, sha256, kind)
 
     def _ship_logs(self) -> None:
         batch = self.log.take()

@@ -17,13 +17,14 @@ from app.api.rate_limit import submissions
 from app.api.schemas import EpochOut, JobOut, JobPage
 from app.core import jobs as job_queries
 from app.core import lifecycle, retention
+from app.core.architectures import get_architecture
 from app.core.artifacts import artifact_store, mean_image_key, model_key
 from app.core.config import get_settings
 from app.core.datasets import get_dataset
 from app.core.db import get_session_factory
 from app.core.hosts import live_hosts, too_few_gpus
 from app.core.logs import stored_log, stored_tail, tail_lines
-from app.core.models import EPOCH_METRICS, Epoch, Job, JobStatus, User, utcnow
+from app.core.models import EPOCH_METRICS, Dataset, Epoch, Job, JobStatus, User, utcnow
 from app.core.plots import chart_title, history_png
 from app.core.spec import MAX_ID, JobSpec
 
@@ -91,8 +92,10 @@ def submit_job(
         )
     if spec.priority > 0 and not user.is_admin:
         raise field_error("priority", "only admins may set priority above 0", 403)
-    if isinstance(spec.dataset, int) and get_dataset(session, spec.dataset, user) is None:
+    dataset = get_dataset(session, spec.dataset, user) if isinstance(spec.dataset, int) else None
+    if isinstance(spec.dataset, int) and dataset is None:
         raise field_error("dataset", _no_dataset(spec.dataset))
+    _check_model(session, spec, user, dataset)
     if spec.gpus and (why := too_few_gpus(live_hosts(session, settings, utcnow()), spec.gpus)):
         raise field_error("gpus", f"no host can ever run this job: {why}")
     # Committed as queued; a worker's scheduling pass places it and sends it to its host.
@@ -102,6 +105,8 @@ def submit_job(
         )
     except lifecycle.DatasetGone as gone:
         raise field_error("dataset", _no_dataset(spec.dataset)) from gone
+    except lifecycle.ArchitectureGone as gone:
+        raise field_error("model", f"model {spec.model} was just deleted") from gone
     except lifecycle.ActiveJobLimit as limit:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
@@ -111,6 +116,36 @@ def submit_job(
     if job.spec != spec.model_dump():  # a concurrent request with this key won the race
         return _replay(session, job, spec, response)
     return job_view(session, job)
+
+
+def _check_model(session: SessionDep, spec: JobSpec, user: User, dataset: Dataset | None) -> None:
+    """422 naming `model` or `init` when the job could never train: an uploaded
+    architecture the user may not use, or whose input or classes the dataset cannot feed."""
+    if not isinstance(spec.model, int):
+        if spec.init == "uploaded":
+            raise field_error("init", "'uploaded' needs an uploaded architecture as model")
+        return
+    found = get_architecture(session, spec.model, user)
+    if found is None:
+        raise field_error(
+            "model",
+            f"no uploaded model with id {spec.model} that you may use (GET /models lists them)",
+        )
+    if spec.init == "uploaded" and not found.has_weights:
+        raise field_error("init", f"model {found.id} has no weights (a JSON upload)")
+    channels, classes = (
+        (dataset.image_shape[-1], dataset.classes) if dataset is not None else BUILTIN_SHAPE
+    )
+    if found.input_shape[-1] != channels or found.classes != classes:
+        raise field_error(
+            "model",
+            f"model {found.id} takes {found.input_shape[-1]} channel(s) and gives "
+            f"{found.classes} classes; dataset {spec.dataset} has {channels} and {classes}",
+        )
+
+
+# Every built-in dataset reaches the trainer as 32x32 RGB images of 10 classes.
+BUILTIN_SHAPE = (3, 10)
 
 
 def _no_dataset(dataset: object) -> str:

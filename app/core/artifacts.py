@@ -328,3 +328,8 @@ def mean_image_key(job_id: int, attempt: int) -> str:
 
 def dataset_key(sha256: str) -> str:
     return f"datasets/{sha256}.npz"
+
+
+def architecture_key(sha256: str) -> str:
+    """An uploaded architecture's file (.keras or JSON), by content."""
+    return f"architectures/{sha256}"

@@ -120,6 +120,27 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(
         default=2 * 1024**3, ge=1, description="Largest .npz that POST /datasets accepts."
     )
+    max_model_bytes: int = Field(
+        default=256 * 1024**2,
+        ge=1,
+        description="Largest architecture file (.keras or model JSON) that POST /models accepts.",
+    )
+    max_model_params: int = Field(
+        default=100_000_000,
+        ge=1,
+        description="Most parameters an uploaded architecture may have.",
+    )
+    model_check_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="Time the check of an uploaded architecture may take (a child process).",
+    )
+    model_check_memory_bytes: int = Field(
+        default=6 * 1024**3,
+        ge=2 * 1024**3,
+        description="Address space of the child process that checks an uploaded architecture "
+        "(TensorFlow itself takes about 1.6 GB of it).",
+    )
     max_storage_bytes_per_user: int = Field(
         default=20 * 1024**3,
         ge=0,

@@ -24,11 +24,12 @@ class TooLarge(ValueError):
 
 
 class InUse(Exception):
-    """Queued, placed or running jobs train on the dataset: it cannot be deleted yet."""
+    """Queued, placed or running jobs train on the dataset (or architecture): it cannot be
+    deleted yet."""
 
-    def __init__(self, dataset_id: int, job_ids: list[int]) -> None:
+    def __init__(self, item_id: int, job_ids: list[int], what: str = "dataset") -> None:
         shown = ", ".join(map(str, job_ids[:10])) + (", ..." if len(job_ids) > 10 else "")
-        super().__init__(f"dataset {dataset_id} is used by active jobs: {shown}")
+        super().__init__(f"{what} {item_id} is used by active jobs: {shown}")
         self.job_ids = job_ids
 
 

@@ -36,6 +36,7 @@ from app.core.jobs import job_for_key
 from app.core.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
+    Architecture,
     Dataset,
     Epoch,
     FailureReason,
@@ -77,6 +78,10 @@ class DatasetGone(Exception):
     """The job's uploaded dataset was deleted while the job was being submitted."""
 
 
+class ArchitectureGone(Exception):
+    """The uploaded architecture a submission names was deleted meanwhile."""
+
+
 class ActiveJobLimit(Exception):
     """The owner already has `limit` queued, placed or running jobs."""
 
@@ -113,6 +118,11 @@ def submit(
         if session.scalar(locked) is None:
             session.rollback()
             raise DatasetGone(spec.dataset)
+    if isinstance(spec.model, int):  # as the dataset: kept, or the job is not stored
+        held = select(Architecture.id).where(Architecture.id == spec.model)
+        if session.scalar(held.with_for_update(read=True)) is None:
+            session.rollback()
+            raise ArchitectureGone(spec.model)
     if max_active:
         active = session.scalar(
             select(func.count())

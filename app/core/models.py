@@ -338,4 +338,28 @@ class Dataset(Base):
     owner: Mapped[User | None] = relationship()
 
 
+class Architecture(Base):
+    """An uploaded Keras architecture (.keras or model JSON), checked before it was stored
+    (app/core/architectures.py). A job names it by id in `model`. Visible as datasets are."""
+
+    __tablename__ = "architectures"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    public: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    kind: Mapped[str] = mapped_column(String(8))  # "keras" or "json"
+    output: Mapped[str] = mapped_column(String(8))  # "softmax" or "logits"
+    input_shape: Mapped[list[int]] = mapped_column(JSON)
+    classes: Mapped[int] = mapped_column(Integer)
+    params: Mapped[int] = mapped_column(BigInteger)
+    has_weights: Mapped[bool] = mapped_column(Boolean)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))  # its key in the artifact store
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    owner: Mapped[User | None] = relationship()
+
+
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "replicas")

@@ -12,6 +12,7 @@ API loads it without TensorFlow.
 
 from __future__ import annotations
 
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -20,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
@@ -28,6 +30,7 @@ from pydantic.json_schema import SkipJsonSchema
 # never an overflow in the driver (a 500).
 MAX_ID = 2**31 - 1
 DatasetId = Annotated[int, Field(ge=1, le=MAX_ID)]
+ModelId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 def _storable_text(value: str) -> str:
@@ -60,6 +63,13 @@ LOCAL_FILES = "local_files"
 # The zoo's names (app/core/zoo.py describes each; a test holds the two lists together).
 ModelName = Literal["minigooglenet", "resnet20", "resnet56", "vgg", "mlp"]
 Augment = Literal["shift_flip", "pad_crop", "none"]
+# What `augment` takes: a choice, or true/false as before the choices (the schema says so).
+AugmentField = Annotated[
+    Augment,
+    WithJsonSchema(
+        {"anyOf": [{"enum": list(typing.get_args(Augment)), "type": "string"}, {"type": "boolean"}]}
+    ),
+]
 
 BN_MOMENTUM_BOOK = 0.99
 BN_MOMENTUM_SMALL_DATA = 0.9
@@ -72,6 +82,11 @@ ONE_KIND_OF_REPLICA: dict[str, Any] = {
     "if": {"properties": {"cpu_replicas": {"minimum": 1}}, "required": ["cpu_replicas"]},
     "then": {"properties": {"gpus": {"const": 0}}, "required": ["gpus"]},
 }
+# And `init: "uploaded"` needs an uploaded architecture's id as `model`.
+INIT_FROM_AN_UPLOAD: dict[str, Any] = {
+    "if": {"properties": {"init": {"const": "uploaded"}}, "required": ["init"]},
+    "then": {"properties": {"model": {"type": "integer"}}, "required": ["model"]},
+}
 
 
 class TrainingSpec(BaseModel):
@@ -83,13 +98,21 @@ class TrainingSpec(BaseModel):
         extra="forbid",
         strict=True,
         allow_inf_nan=False,
-        json_schema_extra=ONE_KIND_OF_REPLICA,
+        json_schema_extra={"allOf": [ONE_KIND_OF_REPLICA, INIT_FROM_AN_UPLOAD]},
     )
 
-    model: ModelName = Field(
+    model: ModelName | ModelId | SkipJsonSchema[str] = Field(
         default="minigooglenet",
         description="Architecture from the zoo (`GET /models`): `minigooglenet` (the seed's, "
-        "as the book builds it), `resnet20`, `resnet56`, `vgg`, `mlp`.",
+        "as the book builds it), `resnet20`, `resnet56`, `vgg`, `mlp`; or an uploaded "
+        "architecture's id (`POST /models`); `trainyard train` also takes a path to a "
+        ".keras or model JSON file.",
+    )
+    init: Literal["random", "uploaded"] = Field(
+        default="random",
+        description="`random`: train from freshly initialised weights; `uploaded`: start from "
+        "the weights in the uploaded .keras file (only for an uploaded architecture that has "
+        "them).",
     )
     dataset: BuiltinDataset | DatasetId | SkipJsonSchema[str] = Field(
         default="cifar10",
@@ -147,7 +170,7 @@ class TrainingSpec(BaseModel):
         f"images (CIFAR-10), else {BN_MOMENTUM_SMALL_DATA}, which learns visibly on small "
         "data; the value used is shown in the job's `resolved`.",
     )
-    augment: Augment = Field(
+    augment: AugmentField = Field(
         default="shift_flip",
         description="Training-time augmentation: `shift_flip`, the seed's (width/height shift "
         "0.1, nearest fill, horizontal flip); `pad_crop`, the CIFAR standard (pad 4 pixels "
@@ -193,6 +216,18 @@ class TrainingSpec(BaseModel):
         if value is False:
             return "none"
         return value
+
+    @field_validator("model")
+    @classmethod
+    def _model_file_only_when_local(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str) or value in typing.get_args(ModelName):
+            return value
+        local = bool(info.context and info.context.get(LOCAL_FILES))
+        if local and value.endswith((".keras", ".json")):
+            return value
+        named = ", ".join(typing.get_args(ModelName))
+        other = "a path to a .keras or .json file" if local else "an uploaded model's id"
+        raise ValueError(f"{value[:80]!r} is neither one of {named} nor {other}")
 
     @field_validator("dataset")
     @classmethod

@@ -77,20 +77,22 @@ def test_a_dataset_name_with_nul_is_422(client: TestClient) -> None:
 
 
 def id_routes() -> Iterator[tuple[str, str]]:
-    """(method, path template) of every documented route that takes a job or dataset id."""
+    """(method, path template) of every documented route that takes a job, dataset or
+    architecture id."""
     for path, operations in app.openapi()["paths"].items():
-        if "{job_id}" in path or "{dataset_id}" in path:
+        if any(f"{{{name}}}" in path for name in ("job_id", "dataset_id", "architecture_id")):
             for method in operations:
                 yield method.upper(), path
 
 
 def test_ids_beyond_the_column_or_written_loosely_are_422(client: TestClient) -> None:
     routes = list(id_routes())
-    assert len(routes) == 10  # job (read, delete), metrics, plot, logs, model, cancel, events;
-    # dataset (read, delete)
+    assert len(routes) == 13  # job (read, delete), metrics, plot, logs, model, mean image,
+    # cancel, events; dataset (read, delete); architecture (read, delete)
     bad = ["2147483648", "9223372036854775808", "1_0", "+1", "0x1", "0"]
     for (method, template), value in itertools.product(routes, bad):
         path = template.replace("{job_id}", value).replace("{dataset_id}", value)
+        path = path.replace("{architecture_id}", value)
         response = client.request(method, path)
         assert response.status_code == 422, (method, path, response.text)
         assert response.json()["detail"][0]["loc"][0] == "path"

@@ -65,6 +65,7 @@ def test_submit_returns_the_stored_job_with_defaults(client: TestClient) -> None
     assert job["spec"] == {
         "name": None,
         "model": "minigooglenet",
+        "init": "random",
         "dataset": "digits",
         "gpus": 0,
         "cpu_replicas": 0,

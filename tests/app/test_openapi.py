@@ -69,7 +69,7 @@ def test_unsupported_methods_get_405_allowing_the_documented_ones(configure: Con
     client = TestClient(app)
     for path, operations in document()["paths"].items():
         documented = {method.upper() for method in operations}
-        url = path.format(job_id=1, dataset_id=1)
+        url = path.format(job_id=1, dataset_id=1, architecture_id=1)
         for method in sorted({"OPTIONS", "GET", "POST", "PUT", "PATCH", "DELETE"} - documented):
             response = client.request(method, url)
             assert response.status_code == 405, (method, url)

@@ -36,7 +36,7 @@ from schemathesis.config import SchemathesisConfig
 from app.core import lifecycle
 from app.core.config import get_settings
 from app.core.db import get_session_factory
-from app.core.models import JobStatus, User
+from app.core.models import Architecture, JobStatus, User
 from app.core.users import hash_token, new_token
 from app.main import app
 from tests.app.test_datasets_api import good_arrays, npz_bytes
@@ -85,10 +85,11 @@ CONFORMANCE = [
 
 
 def seed_objects(data_dir: Path) -> None:
-    """What the {job_id} and {dataset_id} routes find at id 1, each id's lower bound (which
-    the coverage phase always tries): dataset 1 is Alice's; job 1 is hers and succeeded,
-    with its model and log; job 2 is queued on dataset 1. One host has 64 GPUs, the most a
-    spec may ask for, so no schema-valid `gpus` is refused for want of a host.
+    """What the {job_id}, {dataset_id} and {architecture_id} routes find at id 1, each id's
+    lower bound (which the coverage phase always tries): dataset 1 is Alice's; job 1 is hers
+    and succeeded, with its model and log; job 2 is queued on dataset 1; architecture 1 is
+    hers. One host has 64 GPUs, the most a spec may ask for, so no schema-valid `gpus` is
+    refused for want of a host.
 
     The upload and the submissions are explicit Schemathesis cases, their answers checked
     against the document too: no generated file is an .npz that holds a data set."""
@@ -113,6 +114,24 @@ def seed_objects(data_dir: Path) -> None:
     (folder / "train.log").write_text("epoch 1/1\n")
     response = submit.Case(body={"dataset": 1, "gpus": 0}).call_and_validate(**answer)
     assert (response.status_code, response.json()["id"]) == (201, 2), response.text
+    # Architecture 1, as POST /models records a checked upload (building one for real takes
+    # a TensorFlow process: tests/app/test_architectures.py does).
+    with get_session_factory()() as session:
+        session.add(
+            Architecture(
+                name="cnn.keras",
+                owner_id=session.query(User.id).filter_by(name="alice").scalar(),
+                kind="keras",
+                output="softmax",
+                input_shape=[32, 32, 3],
+                classes=10,
+                params=5418,
+                has_weights=True,
+                size_bytes=1000,
+                sha256="0" * 64,
+            )
+        )
+        session.commit()
 
 
 @pytest.fixture
@@ -138,6 +157,8 @@ def with_stored_state(case: Case) -> None:
         return
     if type(case.body.get("dataset")) in (int, float):  # an id, maybe written 2.0
         case.body = {**case.body, "dataset": 1}
+    if type(case.body.get("model")) in (int, float):  # architecture 1, on data it takes
+        case.body = {**case.body, "model": 1, "dataset": "digits"}
     if key := case.headers.get("idempotency-key"):
         spec = json.dumps(case.body, sort_keys=True)
         headers = case.headers.copy()
@@ -158,11 +179,12 @@ def with_stored_state(case: Case) -> None:
 )
 def test_api_answers_as_its_openapi_document_says(case: Case, alice: None) -> None:
     with_stored_state(case)
-    if case.operation.label != "POST /datasets":
+    if case.operation.label not in ("POST /datasets", "POST /models"):
         case.call_and_validate()
         return
-    # Which bytes make a usable .npz no schema says: a schema-valid upload may be refused,
-    # with the 422 that names the file, and only that (seed_objects' upload must succeed).
+    # Which bytes make a usable .npz or Keras model no schema says: a schema-valid upload may
+    # be refused, with the 422 that names the file, and only that (seed_objects' upload must
+    # succeed).
     positive = case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE
     response = case.call_and_validate(excluded_checks=[positive_data_acceptance])
     if positive and response.status_code != 201:

@@ -1,6 +1,7 @@
 """A zoo model through the whole service: `trainyard up` advertising 2 simulated GPUs, a
 ResNet-20 job on digits with `gpus: 2` trains as two MirroredStrategy replicas, and its
-downloaded model and mean image score the test split as the trainer did."""
+downloaded model and mean image score the test split as the trainer did; an uploaded
+functional CNN trains end to end by id, and an upload with a planted Lambda never runs."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from tests.e2e.service import (
     wait_for_hosts,
     wait_healthy,
 )
+from tests.keras_files import make_model_files
 
 pytestmark = pytest.mark.training
 
@@ -60,6 +62,22 @@ def test_resnet20_on_two_simulated_gpus(data_dir: Path, tmp_path: Path) -> None:
         assert mean.status_code == 200
         (tmp_path / "mean.npy").write_bytes(mean.content)
         val_accuracy = job["last_metrics"]["val_accuracy"]
+
+        # A lab's own functional CNN, saved by plain Keras, uploaded and trained by id, from
+        # its uploaded weights, on both GPUs; the planted Lambda is refused and never runs.
+        marker, info = make_model_files(tmp_path / "files")
+        cnn = tmp_path / "files" / "cnn.keras"
+        uploaded = client.post("/models", files={"file": (cnn.name, cnn.read_bytes())})
+        assert uploaded.status_code == 201, uploaded.text
+        planted = tmp_path / "files" / "lambda.keras"
+        refused = client.post("/models", files={"file": (planted.name, planted.read_bytes())})
+        assert refused.status_code == 422 and "'planted' is a Lambda" in refused.text
+        own = {"model": uploaded.json()["id"], "init": "uploaded", "dataset": "digits"}
+        own_id = client.post("/jobs", json={**own, "epochs": 2, "gpus": 2}).json()["id"]
+        own_job = wait_for(client, own_id, lambda j: j["status"] in TERMINAL, timeout=300)
+        assert own_job["status"] == "succeeded", own_job
+        assert (own_job["replicas"], own_job["resolved"]["params"]) == (2, info["cnn_params"])
+        assert not marker.exists()
 
     # Plain Keras in a Python that cannot import Trainyard scores the test split as the
     # trainer's last validation did.

@@ -60,7 +60,7 @@ def test_trainer_defaults_are_the_services() -> None:
         ({"dataset": "mnist"}, "dataset: 'mnist' is neither one of cifar10, digits"),
         ({"gpus": True}, "gpus: Input should be a valid integer"),
         ({"batch_size": "64"}, "batch_size: Input should be a valid integer"),
-        ({"model": "resnet"}, "model: Input should be 'minigooglenet'"),
+        ({"model": "resnet"}, "model: 'resnet' is neither one of minigooglenet, resnet20"),
         ({"learning_rate": 0.1}, "learning_rate: Extra inputs are not permitted"),
         ({"name": "x"}, "name: only the service takes this field"),
     ],

@@ -37,6 +37,13 @@ def load_config(values: Mapping[str, Any]) -> TrainingSpec:
             f"dataset: {spec.dataset} is an uploaded dataset's id, which only the service "
             "resolves; give the path of an .npz file instead"
         )
+    if isinstance(spec.model, int):
+        raise UserError(
+            f"model: {spec.model} is an uploaded model's id, which only the service resolves; "
+            "give the path of a .keras or model JSON file instead"
+        )
+    if spec.init == "uploaded" and not str(spec.model).endswith(".keras"):
+        raise UserError("init: 'uploaded' takes the weights of a .keras file given as model")
     return spec
 
 

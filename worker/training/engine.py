@@ -20,12 +20,13 @@ from app.core.spec import TrainingSpec, resolve_bn_momentum, resolve_weight_deca
 from .callbacks import EpochReporter, NanGuard, PolyDecay, TrainingFailure, optimizer_values
 from .checkpoints import Checkpoint, CheckpointStore
 from .config import UserError, learning_rate, replica_count
-from .data import load_dataset
+from .data import Dataset, load_dataset
 from .devices import setup_devices
 from .events import Reporter
 from .layers import with_stock_layers
-from .models import build_model
+from .models import MODELS, build_model
 from .pipeline import build_pipelines
+from .uploaded import load_uploaded
 
 # Measured on the 2-core CPU (AVX-512 BF16) with MiniGoogLeNet at batch 64: one step takes
 # ~0.45 s, and steps_per_execution=4 was no faster than 1 (within noise), because per-step
@@ -90,15 +91,17 @@ def _train(
     weight_decay = resolve_weight_decay(config)
 
     with setup.strategy.scope():
-        model = build_model(config.model, dataset.input_shape, dataset.classes, bn_momentum)
+        model, from_logits = _build_model(config, dataset, bn_momentum)
         optimizer = make_optimizer(config, learning_rate(config, 0, setup.replicas), weight_decay)
         # Sparse labels: the same loss as the seed's one-hot categorical crossentropy,
         # without a (N, classes) float label copy. Smoothing needs the one-hot rows.
-        loss = (
-            keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
-            if smoothing
-            else "sparse_categorical_crossentropy"
-        )
+        loss: Any = "sparse_categorical_crossentropy"
+        if smoothing:
+            loss = keras.losses.CategoricalCrossentropy(
+                label_smoothing=config.label_smoothing, from_logits=from_logits
+            )
+        elif from_logits:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         model.compile(
             optimizer=optimizer,
             loss=loss,
@@ -109,7 +112,7 @@ def _train(
         model.optimizer.build(model.trainable_variables)
 
     signature = {
-        "model": config.model,
+        "model": model_label(config),
         "dataset": config.dataset,
         "input_shape": list(dataset.input_shape),
         "classes": dataset.classes,
@@ -169,7 +172,7 @@ def _train(
     plotted = None
     if plot_path is not None:
         plot_path.parent.mkdir(parents=True, exist_ok=True)
-        plot_path.write_bytes(history_png(history, chart_title(config.model, dataset.name)))
+        plot_path.write_bytes(history_png(history, chart_title(model_label(config), dataset.name)))
         plotted = str(plot_path)
     finished = {
         "epochs": len(history),
@@ -181,6 +184,39 @@ def _train(
     }
     reporter.event("finished", **finished)
     return finished
+
+
+def model_label(config: TrainingSpec) -> str:
+    """A zoo model's name, or an uploaded architecture's file name (its content hash when
+    the service passes it: the same on every host, as checkpoints need)."""
+    return config.model if config.model in MODELS else Path(str(config.model)).name
+
+
+def _build_model(
+    config: TrainingSpec, dataset: Dataset, bn_momentum: float
+) -> tuple[keras.Model, bool]:
+    """The model to train and whether it outputs logits (not probabilities)."""
+    if config.model in MODELS:
+        return build_model(
+            str(config.model), dataset.input_shape, dataset.classes, bn_momentum
+        ), False
+    uploaded = load_uploaded(Path(str(config.model)), config.init)
+    model = uploaded.model
+    takes = tuple(model.inputs[0].shape[1:])
+    if len(takes) != 3 or any(
+        side is not None and side != want
+        for side, want in zip(takes, dataset.input_shape, strict=True)
+    ):
+        raise UserError(
+            f"model: it takes inputs shaped {list(takes)}; the dataset gives "
+            f"{list(dataset.input_shape)}"
+        )
+    if model.outputs[0].shape[-1] != dataset.classes:
+        raise UserError(
+            f"model: it outputs {model.outputs[0].shape[-1]} classes; the dataset has "
+            f"{dataset.classes}"
+        )
+    return model, uploaded.from_logits
 
 
 def _predicted_classes(model: keras.Model, images: np.ndarray, mean: np.ndarray) -> list[int]:

@@ -366,7 +366,7 @@ function showCard(job) {
   const rows = [
     ["Status", job.status],
     ["Owner", job.owner ?? "–"],
-    ["Model", job.spec.model ?? "–"],
+    ["Model", typeof job.spec.model === "number" ? `uploaded #${job.spec.model}` : job.spec.model],
     ["Parameters", resolved.params !== undefined ? Number(resolved.params).toLocaleString() : "–"],
     ["Precision", resolved.precision ?? "–"],
     ["Dataset", job.spec.dataset],
