@@ -5,6 +5,7 @@ process and described; jobs name them by id; owners, visibility and deletion as 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,36 @@ def test_jobs_name_an_upload_by_id_and_it_stays_while_they_are_active(
         alice.post(f"/jobs/{active['id']}/cancel")
     assert alice.delete(f"/models/{model}").status_code == 204
     assert alice.get(f"/models/{model}").status_code == 404
+
+
+def test_the_check_is_bounded_in_parameters_and_memory(
+    tokens: dict[str, str],
+    files: tuple[Path, Path, dict[str, int]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from app.core.config import get_settings
+
+    folder, _, info = files
+    alice = TestClient(app, headers=bearer(tokens["alice"]))
+    monkeypatch.setenv("TRAINYARD_MAX_MODEL_PARAMS", "1000")
+    get_settings.cache_clear()
+    over = upload(alice, folder / "cnn.keras")
+    assert over.status_code == 422
+    assert f"{info['cnn_params']} parameters, over the limit of 1000" in over.text
+    # 32 x 25 million weights in the last layer: 3.2 GB, which this machine has, but not the
+    # check's 3 GiB of address space (TensorFlow takes half of it): the child runs out of
+    # memory, the API answers 422 and goes on.
+    monkeypatch.setenv("TRAINYARD_MAX_MODEL_PARAMS", str(10**12))
+    monkeypatch.setenv("TRAINYARD_MODEL_CHECK_MEMORY_BYTES", str(3 * 1024**3))
+    get_settings.cache_clear()
+    config = json.loads((folder / "cnn.json").read_text())
+    for layer in config["config"]["layers"]:
+        if layer["class_name"] == "Dense":
+            layer["config"]["units"] = 25 * 10**6
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps(config))
+    refused = upload(alice, huge)
+    assert refused.status_code == 422, refused.text
+    assert "out of memory" in refused.text
+    assert alice.get("/healthz").status_code == 200

@@ -21,6 +21,8 @@ SIDE = 32
 
 
 def describe(path: Path, output: str, max_params: int) -> dict[str, Any]:
+    import tensorflow as tf
+
     from .config import UserError
     from .uploaded import load_uploaded
 
@@ -28,6 +30,12 @@ def describe(path: Path, output: str, max_params: int) -> dict[str, Any]:
         uploaded = load_uploaded(path)
     except UserError as error:
         return {"ok": False, "error": str(error).removeprefix("model: ")}
+    except (MemoryError, tf.errors.ResourceExhaustedError):
+        return {
+            "ok": False,
+            "error": "out of memory building it: its weights do not fit in what the check "
+            "may use (TRAINYARD_MODEL_CHECK_MEMORY_BYTES)",
+        }
     except Exception as error:  # Keras refusing the config: its reason, shortened
         return {"ok": False, "error": f"Keras cannot build it: {str(error)[:300]}"}
     model = uploaded.model
