@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from app.core.artifacts import ArtifactStore, architecture_key, artifact_store, upload_file
 from app.core.config import Settings
-from app.core.datasets import InUse, TooLarge, ValidationsBusy, validation_slots
+from app.core.datasets import InUse, TooLarge, ValidationsBusy, validation_slot
 from app.core.model_files import ModelFileError, code_needed, read_config
 from app.core.models import ACTIVE_STATUSES, Architecture, Job, User
 
@@ -42,12 +42,19 @@ def store_architecture(
 ) -> Architecture:
     """Stage `upload`, check it (ModelFileError, TooLarge, ValidationsBusy), then record
     and keep it as `owner`'s (commits)."""
-    slots = validation_slots(settings)
-    if not slots.acquire(blocking=False):
-        raise ValidationsBusy(
-            f"{settings.max_concurrent_uploads} uploads are being checked already "
-            "(TRAINYARD_MAX_CONCURRENT_UPLOADS); send it again shortly"
-        )
+    with validation_slot(settings):
+        return _store(session, settings, owner, name, upload, output, public)
+
+
+def _store(
+    session: Session,
+    settings: Settings,
+    owner: User,
+    name: str,
+    upload: BinaryIO,
+    output: str,
+    public: bool,
+) -> Architecture:
     session.rollback()  # no read transaction held while the body streams and the check runs
     settings.ensure_dirs()
     handle, staged_name = tempfile.mkstemp(dir=settings.datasets_dir / "uploads", suffix=".part")
@@ -91,7 +98,6 @@ def store_architecture(
         session.commit()
         return architecture
     finally:
-        slots.release()
         staged.unlink(missing_ok=True)
 
 

@@ -7,6 +7,8 @@ import os
 import tempfile
 import threading
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -66,6 +68,14 @@ def store_upload(
     # A zip bomb is refused by its central directory alone, which needs no slot: a burst
     # of bombs gets its 422s, not the 429s meant for uploads whose arrays are being loaded.
     _check_zip_headers(upload, settings.max_dataset_bytes)
+    with validation_slot(settings):
+        return _store(session, settings, owner, name, upload, public)
+
+
+@contextmanager
+def validation_slot(settings: Settings) -> Iterator[None]:
+    """One of the Settings.max_concurrent_uploads checks an API process runs at once (a
+    dataset's or an architecture's); ValidationsBusy when all are taken."""
     slots = validation_slots(settings)
     if not slots.acquire(blocking=False):
         raise ValidationsBusy(
@@ -73,7 +83,7 @@ def store_upload(
             "(TRAINYARD_MAX_CONCURRENT_UPLOADS); send it again shortly"
         )
     try:
-        return _store(session, settings, owner, name, upload, public)
+        yield
     finally:
         slots.release()
 
