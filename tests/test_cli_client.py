@@ -14,6 +14,7 @@ import pytest
 from app.cli.client import Client, default_token
 from app.core.config import get_settings
 from tests.e2e.service import add_user, api_client, free_port, processes, service_env, wait_healthy
+from tests.keras_files import make_model_files
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_an_explicit_token_goes_wherever_it_is_told(
     assert default_token("https://lab-server.example:8000") == "ty_mine"
 
 
-def test_client_commands_print_text_and_manage_datasets(tmp_path: Path) -> None:
+def test_client_commands_print_text_and_manage_datasets_and_models(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
@@ -89,6 +90,11 @@ def test_client_commands_print_text_and_manage_datasets(tmp_path: Path) -> None:
         listed = trainyard("datasets", "list")
         dropped = trainyard("datasets", "delete", "1")
         after = trainyard("datasets", "list")
+        marker, info = make_model_files(tmp_path / "models")
+        model_up = trainyard("models", "upload", str(tmp_path / "models" / "cnn.keras"))
+        model_refused = trainyard("models", "upload", str(tmp_path / "models" / "lambda.keras"))
+        models = trainyard("models", "list")
+        model_dropped = trainyard("models", "delete", "1")
     # Text, not markup: a job named "[/evil]" is shown as it is, not parsed.
     assert shown.returncode == 0, shown.stderr
     for name in names:
@@ -100,3 +106,9 @@ def test_client_commands_print_text_and_manage_datasets(tmp_path: Path) -> None:
     )
     assert listed.returncode == 0 and "[tiny]" in listed.stdout and "operator" in listed.stdout
     assert dropped.returncode == 0 and "[tiny]" not in after.stdout
+    assert model_up.returncode == 0, model_up.stdout + model_up.stderr
+    assert f"model 1 cnn.keras: {info['cnn_params']:,} parameters" in model_up.stdout
+    assert model_refused.returncode != 0 and "'planted' is a Lambda" in model_refused.stdout
+    assert not marker.exists()
+    assert models.returncode == 0 and "resnet20" in models.stdout and "cnn.keras" in models.stdout
+    assert model_dropped.returncode == 0 and "model 1 deleted" in model_dropped.stdout

@@ -25,7 +25,7 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from app.api.auth import UNAUTHORIZED, CurrentUser, current_user
 from app.api.deps import SessionDep
-from app.api.jobs import NOT_FOUND, JobId, _job_or_404
+from app.api.jobs import NOT_FOUND, JobId, job_or_404
 from app.core import events
 from app.core.db import POSTGRES_TIMEOUTS, get_engine, get_session_factory
 from app.core.models import TERMINAL_STATUSES, Job, User
@@ -263,7 +263,7 @@ def job_events(
     """A job's events: `status` (each transition, with reason, attempt, host, GPUs), `epoch`
     (the stored record), `log` (trainer lines; owner or admin only), heartbeats, then `end`
     with the final state. Reconnect with Last-Event-ID to resume exactly after it."""
-    job = _job_or_404(session, job_id)
+    job = job_or_404(session, job_id)
     start = _resume_from(after, last_event_id)
     if 0 < start < job.events_dropped_upto:
         raise HTTPException(

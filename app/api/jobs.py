@@ -43,7 +43,7 @@ FORBIDDEN: dict[int | str, dict[str, Any]] = {
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No job with this id."}}
 
 
-def _job_or_404(session: SessionDep, job_id: int) -> Job:
+def job_or_404(session: SessionDep, job_id: int) -> Job:
     job = job_queries.get_job(session, job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
@@ -185,7 +185,7 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
 def get_job(job_id: JobId, session: SessionDep) -> JobOut:
     """One job: status, spec, timestamps, attempt, last epoch and failure reason."""
-    return job_view(session, _job_or_404(session, job_id))
+    return job_view(session, job_or_404(session, job_id))
 
 
 @router.get(
@@ -199,7 +199,7 @@ def get_metrics(
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> list[EpochOut] | Response:
     """The job's epoch history, as JSON or (`?format=csv`) CSV."""
-    _job_or_404(session, job_id)
+    job_or_404(session, job_id)
     epochs = [EpochOut.model_validate(e) for e in job_queries.list_epochs(session, job_id)]
     if format == "json":
         return epochs
@@ -234,7 +234,7 @@ def get_plot(
     """The seed's loss/accuracy chart of the epochs recorded so far, as PNG. Its ETag changes
     only when an epoch is recorded (or re-recorded by a later attempt), so a page polling it
     redraws nothing until then."""
-    job = _job_or_404(session, job_id)
+    job = job_or_404(session, job_id)
     epochs = job_queries.list_epochs(session, job_id)
     etag = epochs_etag(job_id, epochs)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
@@ -263,7 +263,7 @@ def get_logs(
     tail: Annotated[int | None, Query(ge=1, le=100_000)] = None,
 ) -> Response:
     """The trainer's log (its stderr), whole or its last `tail` lines (owner or admin)."""
-    job = _job_or_404(session, job_id)
+    job = job_or_404(session, job_id)
     require_owner_or_admin(job, user, "read the log of")
     if not job.log_lines:  # a job run before logs were stored in the database: its file
         path = get_settings().job_dir(job_id) / "train.log"
@@ -313,7 +313,7 @@ def _download(
     local_name: str,
     suffix: str,
 ) -> Response:
-    job = _job_or_404(session, job_id)
+    job = job_or_404(session, job_id)
     require_owner_or_admin(job, user, f"download the {what} of")
     filename = f"job-{job_id}{suffix}"
     if job.status == JobStatus.succeeded:
@@ -341,7 +341,7 @@ def _download(
 )
 def cancel_job(job_id: JobId, session: SessionDep, user: CurrentUser) -> JobOut:
     """Cancel a job: a queued one at once, a running one within seconds (owner or admin)."""
-    job = _job_or_404(session, job_id)
+    job = job_or_404(session, job_id)
     require_owner_or_admin(job, user, "cancel")
     if not lifecycle.cancel(session, job):
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job.status}")
@@ -360,10 +360,10 @@ def cancel_job(job_id: JobId, session: SessionDep, user: CurrentUser) -> JobOut:
 )
 def delete_job(job_id: JobId, session: SessionDep, user: CurrentUser) -> Response:
     """Delete an ended job with its epochs, log and model (owner or admin)."""
-    job = _job_or_404(session, job_id)
+    job = job_or_404(session, job_id)
     require_owner_or_admin(job, user, "delete")
     if not retention.delete_job(session, get_settings(), job_id):
-        job = _job_or_404(session, job_id)  # 404 if a concurrent request deleted it first
+        job = job_or_404(session, job_id)  # 404 if a concurrent request deleted it first
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"job {job_id} is {job.status}: cancel it before deleting"
         )

@@ -1,5 +1,5 @@
 """`trainyard` commands that talk to a running service: submit, status, logs, plot, cancel,
-delete, gpus, datasets upload/list/delete."""
+delete, gpus, datasets upload/list/delete, models upload/list/delete."""
 
 from __future__ import annotations
 
@@ -298,11 +298,82 @@ def datasets_list(url: UrlOption = None, token: TokenOption = None) -> None:
 @datasets_cli.command("delete")
 def datasets_delete(dataset_id: int, url: UrlOption = None, token: TokenOption = None) -> None:
     """Delete one of your datasets (refused while a queued or running job uses it)."""
+    _delete("dataset", f"/datasets/{dataset_id}", url, token)
+
+
+def _delete(what: str, path: str, url: str | None, token: str | None) -> None:
     try:
-        _client(url, token).request("DELETE", f"/datasets/{dataset_id}")
+        _client(url, token).request("DELETE", path)
     except ApiError as error:
         raise _fail(error) from error
-    console.print(f"dataset {dataset_id} deleted")
+    console.print(f"{what} {path.rsplit('/', 1)[-1]} deleted")
+
+
+models_cli = typer.Typer(
+    help="The model zoo, and your uploaded Keras architectures.", no_args_is_help=True
+)
+
+
+@models_cli.command("upload")
+def models_upload(
+    path: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="A .keras file or model JSON.")
+    ],
+    name: Annotated[str | None, typer.Option(help="Its name (default: the file's).")] = None,
+    public: Annotated[bool, typer.Option("--public", help="Let every user train it.")] = False,
+    logits: Annotated[
+        bool, typer.Option("--logits", help="Its last layer gives logits, not a softmax.")
+    ] = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Upload a Keras architecture (checked without running any of its code); prints its
+    id, for `--model ID`."""
+    form = {
+        "public": "true" if public else "false",
+        "output": "logits" if logits else "softmax",
+        **({"name": name} if name else {}),
+    }
+    try:
+        with path.open("rb") as handle:
+            model = _client(url, token).json(
+                "POST", "/models", files={"file": (path.name, handle)}, data=form
+            )
+    except ApiError as error:
+        raise _fail(error) from error
+    console.print(
+        Text(
+            f"model {model['id']} {model['name']}: {model['params']:,} parameters, "
+            f"{model['input']}, {model['classes']} classes ({model['output']})"
+            + (" (public)" if model["public"] else "")
+        )
+    )
+
+
+@models_cli.command("list")
+def models_list(url: UrlOption = None, token: TokenOption = None) -> None:
+    """The zoo's models and the uploaded ones you may use."""
+    try:
+        models = _client(url, token).json("GET", "/models")
+    except ApiError as error:
+        raise _fail(error) from error
+    table = Table("model", "name", "owner", "parameters", "classes", "weights")
+    for model in models:
+        table.add_row(
+            str(model["id"]) if model["id"] is not None else Text(model["name"]),
+            Text(model["name"] if model["id"] is not None else "(zoo)"),
+            Text(model["owner"] or ""),
+            f"{model['params']:,}",
+            str(model["classes"] or ""),
+            "yes" if model["has_weights"] else "",
+        )
+    console.print(table)
+
+
+@models_cli.command("delete")
+def models_delete(model_id: int, url: UrlOption = None, token: TokenOption = None) -> None:
+    """Delete one of your uploaded architectures (refused while a job uses it)."""
+    _delete("model", f"/models/{model_id}", url, token)
 
 
 def register(cli: typer.Typer) -> None:
@@ -314,3 +385,4 @@ def register(cli: typer.Typer) -> None:
     for command in (status, watch, logs, plot, cancel, delete, gpus):
         cli.command()(command)
     cli.add_typer(datasets_cli, name="datasets")
+    cli.add_typer(models_cli, name="models")

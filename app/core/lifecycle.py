@@ -42,6 +42,7 @@ from app.core.models import (
     FailureReason,
     GpuLease,
     Job,
+    JobEvent,
     JobStatus,
     LogLine,
     User,
@@ -329,6 +330,7 @@ def delete_ended(session: Session, job_id: int) -> bool:
     session.execute(delete(Epoch).where(Epoch.job_id == job_id))
     session.execute(delete(GpuLease).where(GpuLease.job_id == job_id))
     session.execute(delete(LogLine).where(LogLine.job_id == job_id))
+    session.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
     session.commit()
     return True
 
