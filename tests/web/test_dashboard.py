@@ -109,7 +109,10 @@ def test_a_run_followed_from_submission_to_cancel(
     log_in(page, tokens["alice"])
     expect(page.locator("#whoami")).to_have_text("alice")
 
-    # Submitted from the form, it shows in the live table, queued.
+    # Submitted from the form, it shows in the live table, queued. The model is picked
+    # from the zoo (GET /models).
+    expect(page.locator("#submit select[name=model] option[value=resnet20]")).to_have_count(1)
+    page.select_option("#submit select[name=model]", "resnet20")
     page.fill("#submit input[name=name]", "resnet trial")
     page.fill("#submit input[name=epochs]", "3")
     page.fill("#submit input[name=gpus]", "1")
@@ -119,6 +122,12 @@ def test_a_run_followed_from_submission_to_cancel(
     row = page.locator(f"#jobs tr[data-job-id='{job_id}']")
     expect(row.locator(".status")).to_have_text("queued")
     expect(row.locator(".name")).to_have_text("resnet trial")
+    assert (
+        httpx.get(
+            f"{base_url}/jobs/{job_id}", headers={"Authorization": f"Bearer {tokens['alice']}"}
+        ).json()["spec"]["model"]
+        == "resnet20"
+    )
 
     # Placed and claimed as a worker does: the row turns running and the GPU board names the
     # holder, both without a reload.

@@ -201,6 +201,7 @@ function openBoard() {
     loadUsage();
   }, 200);
   refresh();
+  loadModels();
   // Job changes arrive on the feed; GPU utilisation and memory change without an event.
   const feed = follow("/events", refresh, (up) => $("#live").classList.toggle("down", !up));
   const timer = setInterval(() => {
@@ -241,6 +242,22 @@ async function loadJobs() {
   });
   $("#jobs tbody").replaceChildren(...rows);
   $("#jobs-empty").hidden = rows.length > 0;
+}
+
+async function loadModels() {
+  const select = $("#submit select[name=model]");
+  const chosen = select.value;
+  const models = await api("/models");
+  select.replaceChildren(
+    ...models.map((m) =>
+      el(
+        "option",
+        { value: m.id ?? m.name },
+        m.id === null ? m.name : `#${m.id} ${m.name} (uploaded)`,
+      ),
+    ),
+  );
+  if ([...select.options].some((option) => option.value === chosen)) select.value = chosen;
 }
 
 async function loadGpus() {
@@ -297,6 +314,8 @@ async function submitJob(event) {
     epochs: Number(form.get("epochs")),
     gpus: Number(form.get("gpus")),
   };
+  const model = String(form.get("model"));
+  spec.model = /^\d+$/.test(model) ? Number(model) : model;
   const dataset = String(form.get("dataset")).trim();
   spec.dataset = /^\d+$/.test(dataset) ? Number(dataset) : dataset;
   const name = String(form.get("name")).trim();
