@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -102,16 +101,10 @@ def _store(
 
 
 def check_in_child(settings: Settings, path: Path, output: str) -> dict[str, Any]:
-    """What worker/training/model_check.py says of the file, run in a child process limited
-    to `model_check_memory_bytes` of address space and `model_check_seconds`."""
-    limit = settings.model_check_memory_bytes
+    """What worker/training/model_check.py says of the file, run in a child process that
+    limits itself to `model_check_memory_bytes` of address space and `model_check_seconds`
+    of CPU, and is stopped after `model_check_seconds`."""
     seconds = settings.model_check_seconds
-
-    def limits() -> None:  # in the child, before it runs Python
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        cpu = int(seconds) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-
     command = [
         sys.executable,
         "-m",
@@ -121,6 +114,10 @@ def check_in_child(settings: Settings, path: Path, output: str) -> dict[str, Any
         output,
         "--max-params",
         str(settings.max_model_params),
+        "--memory-bytes",
+        str(settings.model_check_memory_bytes),
+        "--cpu-seconds",
+        str(int(seconds) + 1),
     ]
     # The child gets no database URL or other settings: it needs none.
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
@@ -132,7 +129,6 @@ def check_in_child(settings: Settings, path: Path, output: str) -> dict[str, Any
             capture_output=True,
             text=True,
             timeout=seconds,
-            preexec_fn=limits,
             check=False,
         )
     except subprocess.TimeoutExpired as error:

@@ -1,8 +1,10 @@
-"""`python -m worker.training.model_check FILE --output softmax|logits --max-params N`:
-check an uploaded architecture and describe it, as one JSON line on stdout.
+"""`python -m worker.training.model_check FILE --output softmax|logits --max-params N
+--memory-bytes B --cpu-seconds S`: check an uploaded architecture and describe it, as one
+JSON line on stdout.
 
-The API runs this in a child process under memory, CPU and time limits (it never imports
-TensorFlow itself): {"ok": true, "input_shape": [H, W, C], "classes": K, "params": N,
+The API runs this in a child process under memory and CPU limits (which the process sets
+on itself before it imports TensorFlow) and a wall-time limit (it never imports TensorFlow
+itself): {"ok": true, "input_shape": [H, W, C], "classes": K, "params": N,
 "has_weights": bool} or {"ok": false, "error": "..."}. Nothing of the file runs: its config
 is checked for code before Keras reads it, and Keras reads it in safe mode.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,7 +86,15 @@ def main() -> int:
     parser.add_argument("file", type=Path)
     parser.add_argument("--output", choices=("softmax", "logits"), default="softmax")
     parser.add_argument("--max-params", type=int, default=100_000_000)
+    parser.add_argument("--memory-bytes", type=int, help="address-space limit of this process")
+    parser.add_argument("--cpu-seconds", type=int, help="CPU-time limit of this process")
     args = parser.parse_args()
+    # Set here, first, before TensorFlow is imported (describe imports it): the API spawns
+    # this process from a threaded server, where a preexec_fn is not safe to use.
+    if args.memory_bytes:
+        resource.setrlimit(resource.RLIMIT_AS, (args.memory_bytes, args.memory_bytes))
+    if args.cpu_seconds:
+        resource.setrlimit(resource.RLIMIT_CPU, (args.cpu_seconds, args.cpu_seconds))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     result = describe(args.file, args.output, args.max_params)
     print(json.dumps(result), flush=True)
