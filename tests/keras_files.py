@@ -1,7 +1,8 @@
 """Keras model files a lab might upload, saved by plain Keras in a child process (the test
 process stays free of TensorFlow): a good functional CNN (.keras and JSON), one ending in
 logits, one taking 28x28 inputs, one with a planted Lambda that creates a file when it
-runs, one naming a Python function, one using a custom registered layer."""
+runs, one naming a Python function, one using a custom registered layer, one with a Keras
+operation in its graph that would write a file, one compiled with Keras functions."""
 
 from __future__ import annotations
 
@@ -56,6 +57,26 @@ class Doubler(keras.layers.Layer):
 inputs = keras.Input((32, 32, 3))
 x = keras.layers.GlobalAveragePooling2D()(Doubler(name="doubler")(inputs))
 keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x)).save(out / "custom.keras")
+# A Keras operation placed in the graph, whose arguments name a Keras function to call
+# when the model is rebuilt: here one that writes an image file (switch-ran.png).
+config = json.loads(cnn().to_json())
+gallery = {"module": "keras.visualization", "class_name": "plot_image_gallery",
+           "config": {}, "registered_name": None}
+image = {"class_name": "__numpy__", "config": {"value": [[[[0, 0, 0]]]], "dtype": "uint8"}}
+config["config"]["layers"].insert(1, {
+    "module": "keras.src.ops.core", "class_name": "Switch", "config": {"name": "switch"},
+    "registered_name": None, "name": "switch",
+    "inbound_nodes": [{"args": [0, [gallery], image, None, None, None, 1, 1, [0, 255], 2,
+                                str(out / "switch-ran")], "kwargs": {}}],
+})
+(out / "operation.json").write_text(json.dumps(config))
+
+# Compiled with Keras' functions as loss and metric (the file's compile settings are not
+# the job's: dropped, not refused).
+compiled = cnn()
+compiled.compile(optimizer="adam", loss=keras.losses.sparse_categorical_crossentropy,
+                 metrics=[keras.metrics.sparse_categorical_accuracy])
+compiled.save(out / "compiled.keras")
 marker.unlink()  # made while building the Lambda model above
 print(json.dumps({"cnn_params": cnn().count_params()}))
 """

@@ -2,10 +2,12 @@
 (a zip holding config.json, metadata.json and the weights) or from `model.to_json()`.
 
 Nothing here runs Keras. `code_needed` walks the config before Keras ever sees it and names
-the first layer that would need Python code to rebuild: a Lambda (pickled bytecode or a
-named function), a layer class from outside Keras (a custom or registered object), any
-function reference. Only then is the file loaded, in a separate process, with Keras' own
-safe mode as well (worker/training/model_check.py).
+the first layer that is not made of Keras' own layers, initialisers, regularisers and
+constraints (an allowlist): a Lambda (pickled bytecode or a named function), a class from
+outside Keras, a custom or registered object, a function reference, a Keras operation.
+Only then is the file loaded, in a separate process, with Keras' own safe mode as well
+(worker/training/model_check.py). The file's compile settings are dropped: the job's
+optimizer and loss apply.
 """
 
 from __future__ import annotations
@@ -19,12 +21,26 @@ CONFIG_MEMBER = "config.json"
 WEIGHTS_MEMBER = "model.weights.h5"
 MAX_CONFIG_BYTES = 16 * 2**20  # a config is a few hundred kB even for a large network
 
-# Keras' own modules; an object from anywhere else is user code.
-KERAS_MODULES = ("keras", "keras.")
-# Keras classes that hold or call arbitrary code (or another framework's modules).
+# What a model built from Keras' own layers holds, and nothing else: (module, class names;
+# None: any class of that module whose name is capitalised, i.e. a class, not a function).
+# Everything else is refused, Keras-internal objects included: an operation such as
+# keras.src.ops.core.Switch, placed in a functional model, calls whatever function its
+# arguments name when the model is rebuilt.
+ALLOWED: dict[str, frozenset[str] | None] = {
+    "keras": frozenset({"DTypePolicy", "FloatDTypePolicy", "Sequential", "Functional", "Model"}),
+    "keras.models": frozenset({"Sequential", "Functional", "Model"}),
+    "keras.src.models.functional": frozenset({"Functional"}),
+    "keras.src.models.sequential": frozenset({"Sequential"}),
+    "keras.layers": None,
+    "keras.initializers": None,
+    "keras.regularizers": None,
+    "keras.constraints": None,
+}
+# keras.layers members that hold or call code (or are not layers).
 CODE_LAYERS = frozenset(
-    {"Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer", "TFOpLambda"}
+    {"Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer", "Input", "InputSpec"}
 )
+TENSOR_REFERENCE = "__keras_tensor__"  # a layer's input in a functional model's graph
 
 
 class ModelFileError(ValueError):
@@ -67,11 +83,14 @@ def read_config(path: Path) -> tuple[dict[str, Any], str, bool]:
             "not a Keras model: the config's class_name must be Functional or Sequential "
             "(a model built with keras.Model(inputs, outputs) or keras.Sequential)"
         )
+    # How it was compiled (optimizer, loss, metrics) is the job's to say, not the file's.
+    config.pop("compile_config", None)
     return config, kind, has_weights
 
 
 def code_needed(config: Any, layer: str = "the model") -> str | None:
-    """Why rebuilding `config` would run code that is not Keras', naming the layer; or None."""
+    """Why rebuilding `config` would run code that is not one of Keras' own layers, naming
+    the layer; or None. Every object in it must be on the ALLOWED list."""
     if isinstance(config, list):
         for item in config:
             if (why := code_needed(item, layer)) is not None:
@@ -82,26 +101,31 @@ def code_needed(config: Any, layer: str = "the model") -> str | None:
     inner = config.get("config")
     if isinstance(inner, dict) and isinstance(inner.get("name"), str) and "class_name" in config:
         layer = f"layer {inner['name']!r}"
-    class_name = config.get("class_name")
-    if isinstance(class_name, str) and class_name != "__keras_tensor__":
-        module = config.get("module")
-        registered = config.get("registered_name")
-        if class_name in CODE_LAYERS:
-            return f"{layer} is a {class_name}, which runs Python code; use Keras' own layers"
-        if class_name in ("function", "__lambda__") or registered == "function":
-            return (
-                f"{layer} refers to a Python function ({inner!r:.60}); only Keras' own are allowed"
-            )
-        if module is not None and not (
-            isinstance(module, str) and (module == "keras" or module.startswith(KERAS_MODULES[1]))
-        ):
-            return f"{layer} uses {class_name} from {str(module)[:60]}, which is not Keras"
-        if registered not in (None, class_name):
-            custom = str(registered)[:60]
-            return f"{layer} uses the custom object {custom}; only Keras' own are allowed"
-    for key, value in config.items():
-        if key == "function" and isinstance(value, str):  # an old-style Lambda's code
-            return f"{layer} holds Python code; use Keras' own layers"
+    if "class_name" in config and (why := _not_allowed(config, layer)) is not None:
+        return why
+    for value in config.values():
         if (why := code_needed(value, layer)) is not None:
             return why
+    return None
+
+
+def _not_allowed(item: dict[str, Any], layer: str) -> str | None:
+    class_name, module = item.get("class_name"), item.get("module")
+    name = str(class_name)[:60]
+    if class_name == TENSOR_REFERENCE and module is None:
+        return None
+    if class_name in CODE_LAYERS:
+        return f"{layer} is a {name}, which runs Python code; use Keras' own layers"
+    if class_name in ("function", "__lambda__") or item.get("registered_name") == "function":
+        return f"{layer} refers to a Python function; only Keras' own layers are allowed"
+    if item.get("registered_name") not in (None, class_name):
+        custom = str(item.get("registered_name"))[:60]
+        return f"{layer} uses the custom object {custom}; only Keras' own are allowed"
+    if not isinstance(module, str) or module not in ALLOWED:
+        where = "no module" if module is None else str(module)[:60]
+        return f"{layer} uses {name} from {where}, which is not one of Keras' layers"
+    allowed = ALLOWED[module]
+    is_class = isinstance(class_name, str) and class_name[:1].isupper()
+    if not is_class or (allowed is not None and class_name not in allowed):
+        return f"{layer} uses {name} from {module}, which is not one of Keras' layers"
     return None

@@ -45,6 +45,8 @@ def test_a_functional_cnn_is_described_and_private_to_its_owner(
     assert model["id"] in [m["id"] for m in alice.get("/models").json()]
     assert model["id"] not in [m["id"] for m in bob.get("/models").json()]
     assert bob.get(f"/models/{model['id']}").status_code == 404
+    # Compiled with Keras' functions as loss and metric: its compile settings are dropped.
+    assert upload(alice, folder / "compiled.keras").status_code == 201
     shared = upload(alice, folder / "cnn.json", public="true").json()
     assert shared["has_weights"] is False
     assert bob.get(f"/models/{shared['id']}").json()["owner"] == "alice"
@@ -59,12 +61,14 @@ def test_a_planted_lambda_is_refused_naming_it_and_never_runs(
         ("lambda.keras", "'planted' is a Lambda"),
         ("function.json", "'shell' is a Lambda"),
         ("custom.keras", "'doubler' uses the custom object lab>Doubler"),
+        ("operation.json", "'switch' uses Switch from keras.src.ops.core"),
     ):
         response = upload(alice, folder / name)
         assert response.status_code == 422, response.text
         (error,) = response.json()["detail"]
         assert error["loc"] == ["body", "file"] and layer in error["msg"], error
     assert not marker.exists()  # the Lambda's code never ran
+    assert not list(folder.glob("switch-ran*"))  # nor the function the operation names
     assert [m["id"] for m in alice.get("/models").json() if m["id"]] == []
 
 

@@ -133,3 +133,28 @@ def test_the_saved_model_predicts_as_the_trainer_did_without_trainyard(
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert json.loads(loaded.stdout.strip().splitlines()[-1]) == finished["test_predictions"]
     assert len(finished["test_predictions"]) == 10
+
+
+def test_an_uploaded_architecture_starts_from_its_weights_only_when_asked(
+    tmp_path: Path,
+) -> None:
+    import keras
+
+    from tests.keras_files import make_model_files
+    from worker.training.uploaded import load_uploaded
+
+    make_model_files(tmp_path)
+    saved = keras.saving.load_model(tmp_path / "cnn.keras").get_weights()
+
+    def same(model: keras.Model) -> bool:
+        return all(np.array_equal(a, b) for a, b in zip(saved, model.get_weights(), strict=True))
+
+    assert same(load_uploaded(tmp_path / "cnn.keras", "uploaded").model)
+    assert not same(load_uploaded(tmp_path / "cnn.keras", "random").model)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:  # the job's precision policy applies, and the softmax stays float32
+        mixed = load_uploaded(tmp_path / "cnn.keras").model
+        assert mixed.layers[1].compute_dtype == "bfloat16"
+        assert mixed.layers[-1].compute_dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

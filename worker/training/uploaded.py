@@ -43,8 +43,8 @@ def load_uploaded(path: Path, init: str = "random") -> UploadedModel:
     if init == "uploaded":
         if not has_weights:
             raise UserError("init: 'uploaded' needs a .keras file with weights; this one has none")
-        saved = keras.saving.load_model(path, compile=False, safe_mode=True)
-        model.set_weights(saved.get_weights())
+        # The weights only: the file's config is not deserialized a second time.
+        model.load_weights(path)
     return UploadedModel(model, not softmax, has_weights)
 
 
