@@ -615,18 +615,16 @@ def main() -> None:
     backends = ("postgresql", "sqlite") if args.backend == "both" else (args.backend,)
     results = {backend: run_backend(backend, args) for backend in backends}
     verdicts = judged(results)
-    print(
-        json.dumps(
-            {
-                "bench": "api_scale",
-                "cpus": os.cpu_count(),
-                "results": results,
-                "targets": verdicts,
-                "all_met": all(v["met"] for v in verdicts),
-            }
-        ),
-        flush=True,
-    )
+    print_report("api_scale", results, verdicts)
+
+
+def print_report(
+    bench: str, results: dict[str, Any], verdicts: list[dict[str, Any]], **extra: Any
+) -> None:
+    """The bench's one JSON line: its figures, each target's verdict and whether all are met."""
+    report = {"bench": bench, "cpus": os.cpu_count(), **extra, "results": results}
+    report.update(targets=verdicts, all_met=all(v["met"] for v in verdicts))
+    print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

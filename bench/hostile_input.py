@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import bz2
 import io
-import json
 import math
 import os
 import re
@@ -652,19 +651,7 @@ def main() -> None:
         "rss_end_mb": round(rss_end["VmRSS"] / 1024, 1),
     }
     verdicts = judged(results)
-    print(
-        json.dumps(
-            {
-                "bench": "hostile_input",
-                "cpus": os.cpu_count(),
-                "limit_mib": args.limit_mib,
-                "results": results,
-                "targets": verdicts,
-                "all_met": all(v["met"] for v in verdicts),
-            }
-        ),
-        flush=True,
-    )
+    scale.print_report("hostile_input", results, verdicts, limit_mib=args.limit_mib)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.deps import SessionDep
-from app.core.models import Job, User
+from app.core.models import User
 from app.core.users import user_for_token
 
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
@@ -55,10 +55,16 @@ def _unauthorized(detail: str, challenge: str) -> HTTPException:
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
-def require_owner_or_admin(job: Job, user: User, action: str) -> None:
-    if user.is_admin or job.owner_id == user.id:
+class Owned(Protocol):
+    id: int
+    owner_id: int | None
+
+
+def require_owner_or_admin(item: Owned, user: User, action: str, what: str = "job") -> None:
+    """403 unless `user` owns `item` (a job, dataset or uploaded model) or is an admin."""
+    if user.is_admin or item.owner_id == user.id:
         return
     raise HTTPException(
         status.HTTP_403_FORBIDDEN,
-        f"only the job's owner or an admin may {action} job {job.id}",
+        f"only the {what}'s owner or an admin may {action} {what} {item.id}",
     )

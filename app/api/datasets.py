@@ -15,7 +15,7 @@ from fastapi import (
     status,
 )
 
-from app.api.auth import UNAUTHORIZED, CurrentUser, current_user
+from app.api.auth import UNAUTHORIZED, CurrentUser, current_user, require_owner_or_admin
 from app.api.deps import DecimalDigits, SessionDep
 from app.api.errors import VALIDATION_ERRORS, clip
 from app.api.schemas import DatasetOut
@@ -124,11 +124,7 @@ def delete_dataset(dataset_id: DatasetId, session: SessionDep, user: CurrentUser
     """Delete an uploaded dataset and its file (owner or admin), once no queued, placed or
     running job uses it. Finished jobs that trained on it keep their results."""
     dataset = _dataset_or_404(session, dataset_id, user)
-    if not (user.is_admin or dataset.owner_id == user.id):
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN,
-            f"only the dataset's owner or an admin may delete dataset {dataset_id}",
-        )
+    require_owner_or_admin(dataset, user, "delete", "dataset")
     try:
         dataset_queries.delete_dataset(session, get_settings(), dataset)
     except dataset_queries.InUse as error:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Respons
 from fastapi import status as http
 from pydantic import BaseModel, Field
 
-from app.api.auth import UNAUTHORIZED, CurrentUser, current_user
+from app.api.auth import UNAUTHORIZED, CurrentUser, current_user, require_owner_or_admin
 from app.api.datasets import field_error
 from app.api.deps import DecimalDigits, SessionDep
 from app.api.errors import VALIDATION_ERRORS, clip
@@ -159,7 +159,7 @@ def get_model(architecture_id: ArchitectureId, session: SessionDep, user: Curren
     response_class=Response,
     responses={
         **NOT_FOUND,
-        403: {"description": "Only its owner or an admin may delete it."},
+        403: {"description": "Only the model's owner or an admin may delete it."},
         409: {"description": "Queued, placed or running jobs use it; the message names them."},
     },
 )
@@ -169,11 +169,7 @@ def delete_model(
     """Delete an uploaded architecture and its file (owner or admin), once no queued,
     placed or running job uses it."""
     found = _architecture_or_404(session, architecture_id, user)
-    if not (user.is_admin or found.owner_id == user.id):
-        raise HTTPException(
-            http.HTTP_403_FORBIDDEN,
-            f"only its owner or an admin may delete model {architecture_id}",
-        )
+    require_owner_or_admin(found, user, "delete", "model")
     try:
         arch.delete_architecture(session, get_settings(), found)
     except arch.InUse as error:

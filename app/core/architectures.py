@@ -9,7 +9,6 @@ and time limits, and says what it takes and gives. This module runs no Keras its
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -23,9 +22,10 @@ from sqlalchemy.orm import Session, selectinload
 
 from app.core.artifacts import ArtifactStore, architecture_key, artifact_store, upload_file
 from app.core.config import Settings
-from app.core.datasets import InUse, TooLarge, ValidationsBusy, validation_slot
+from app.core.datasets import InUse, TooLarge, ValidationsBusy, copy_upload, validation_slot
+from app.core.jobs import active_jobs_naming
 from app.core.model_files import ModelFileError, code_needed, read_config
-from app.core.models import ACTIVE_STATUSES, Architecture, Job, User
+from app.core.models import Architecture, User
 
 __all__ = ["InUse", "ModelFileError", "TooLarge", "ValidationsBusy"]
 
@@ -59,24 +59,22 @@ def _store(
     handle, staged_name = tempfile.mkstemp(dir=settings.datasets_dir / "uploads", suffix=".part")
     staged = Path(staged_name)
     try:
-        copied, digest = 0, hashlib.sha256()
+
+        def within_limit(copied: int) -> None:
+            if copied > settings.max_model_bytes:
+                raise TooLarge(
+                    f"file is over the limit of {settings.max_model_bytes} bytes "
+                    "(TRAINYARD_MAX_MODEL_BYTES)"
+                )
+
         with os.fdopen(handle, "wb") as out:
-            while chunk := upload.read(1024 * 1024):
-                copied += len(chunk)
-                digest.update(chunk)
-                if copied > settings.max_model_bytes:
-                    raise TooLarge(
-                        f"file is over the limit of {settings.max_model_bytes} bytes "
-                        "(TRAINYARD_MAX_MODEL_BYTES)"
-                    )
-                out.write(chunk)
+            copied, sha256 = copy_upload(upload, out, within_limit)
         if copied == 0:
             raise ModelFileError("file is empty")
         config, kind, has_weights = read_config(staged)
         if (why := code_needed(config)) is not None:
             raise ModelFileError(why)  # refused before any process builds it
         described = check_in_child(settings, staged, output)
-        sha256 = digest.hexdigest()
         store = artifact_store(settings)
         if store.info(architecture_key(sha256)) is None:
             upload_file(store, architecture_key(sha256), staged)
@@ -177,8 +175,7 @@ def delete_architecture(session: Session, settings: Settings, architecture: Arch
         .where(Architecture.id == architecture.id)
         .values(name=Architecture.name)
     )
-    active = session.execute(select(Job.id, Job.spec).where(Job.status.in_(ACTIVE_STATUSES)))
-    users = sorted(job_id for job_id, spec in active if spec.get("model") == architecture.id)
+    users = active_jobs_naming(session, "model", architecture.id)
     if users:
         session.rollback()
         raise InUse(architecture.id, users, "model")

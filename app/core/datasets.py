@@ -7,7 +7,7 @@ import os
 import tempfile
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, selectinload
 from app.core.artifacts import ArtifactStore, artifact_store, dataset_key, upload_file
 from app.core.config import Settings
 from app.core.dataset_files import DatasetError, check_unpacked_size, describe, load_npz
-from app.core.models import ACTIVE_STATUSES, Dataset, Job, User
+from app.core.jobs import active_jobs_naming
+from app.core.models import Dataset, User
 
 
 class TooLarge(ValueError):
@@ -88,6 +89,20 @@ def validation_slot(settings: Settings) -> Iterator[None]:
         slots.release()
 
 
+def copy_upload(
+    upload: BinaryIO, out: BinaryIO, within_limits: Callable[[int], None]
+) -> tuple[int, str]:
+    """Copy `upload` to `out` a MiB at a time, as it streams in; `within_limits(bytes so
+    far)` raises to stop before a chunk is written. Returns (size, SHA-256 hex digest)."""
+    copied, digest = 0, hashlib.sha256()
+    while chunk := upload.read(1024 * 1024):
+        copied += len(chunk)
+        digest.update(chunk)
+        within_limits(copied)
+        out.write(chunk)
+    return copied, digest.hexdigest()
+
+
 def _check_zip_headers(upload: BinaryIO, limit: int) -> None:
     """DatasetError if `upload` is a zip whose entries declare more than `limit` bytes
     unpacked or use a compression np.savez does not write (check_unpacked_size). Anything
@@ -132,22 +147,20 @@ def _store(
     store = artifact_store(settings)
     stored_key = None
     try:
-        copied, digest = 0, hashlib.sha256()
+
+        def within_limits(copied: int) -> None:
+            if copied > limit:
+                raise TooLarge(
+                    f"file is over the limit of {limit} bytes (TRAINYARD_MAX_DATASET_BYTES)"
+                )
+            if quota and used + copied > quota:
+                raise _quota_error(settings, used, copied)
+
         with os.fdopen(handle, "wb") as out:
-            while chunk := upload.read(1024 * 1024):
-                copied += len(chunk)
-                digest.update(chunk)
-                if copied > limit:
-                    raise TooLarge(
-                        f"file is over the limit of {limit} bytes (TRAINYARD_MAX_DATASET_BYTES)"
-                    )
-                if quota and used + copied > quota:
-                    raise _quota_error(settings, used, copied)
-                out.write(chunk)
+            copied, sha256 = copy_upload(upload, out, within_limits)
         if copied == 0:
             raise DatasetError("file is empty")
         summary = describe(load_npz(staged, max_bytes=limit))
-        sha256 = digest.hexdigest()
         # Into the artifact store, where every worker fetches it (by content: the same bytes
         # uploaded twice are stored once). Before the row and its lock: with the database
         # store, the chunks are written by sessions of their own.
@@ -220,9 +233,7 @@ def delete_dataset(session: Session, settings: Settings, dataset: Dataset) -> No
     """
     session.commit()  # a fresh transaction, so the lock is taken before anything is read
     session.execute(update(Dataset).where(Dataset.id == dataset.id).values(name=Dataset.name))
-    # The spec is JSON, where "dataset" may also be a name like "cifar10": compared here.
-    active = session.execute(select(Job.id, Job.spec).where(Job.status.in_(ACTIVE_STATUSES)))
-    users = sorted(job_id for job_id, spec in active if spec.get("dataset") == dataset.id)
+    users = active_jobs_naming(session, "dataset", dataset.id)
     if users:
         session.rollback()
         raise InUse(dataset.id, users)

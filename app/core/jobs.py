@@ -8,7 +8,7 @@ from typing import NamedTuple
 from sqlalchemy import UnaryExpression, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from app.core.models import Epoch, Job, JobStatus, User
+from app.core.models import ACTIVE_STATUSES, Epoch, Job, JobStatus, User
 
 # The order in which queued jobs are considered for a placement: priority, then submission.
 QUEUE_ORDER: tuple[UnaryExpression[int], ...] = (Job.priority.desc(), Job.id.asc())
@@ -82,6 +82,14 @@ def last_epochs(session: Session, job_ids: list[int]) -> dict[int, Epoch]:
         )
     )
     return {row.job_id: row for row in rows}
+
+
+def active_jobs_naming(session: Session, field: str, value: int) -> list[int]:
+    """Ids of the queued, placed and running jobs whose spec's `field` is `value` (an
+    uploaded dataset's or architecture's id). Compared in Python: in the JSON spec the field
+    may also hold a name, such as "cifar10" or "resnet20"."""
+    active = session.execute(select(Job.id, Job.spec).where(Job.status.in_(ACTIVE_STATUSES)))
+    return sorted(job_id for job_id, spec in active if spec.get(field) == value)
 
 
 def job_for_key(session: Session, owner: User, idempotency_key: str) -> Job | None:
