@@ -71,10 +71,10 @@ def ends_in_softmax(config: dict[str, Any]) -> bool:
 
 def _under_job_policy(config: dict[str, Any], softmax: bool) -> dict[str, Any]:
     rebuilt = copy.deepcopy(config)
+    output_name = output_layer(config).get("config", {}).get("name")
     for layer in rebuilt.get("config", {}).get("layers") or []:
         inner = layer.get("config", {})
         if layer.get("class_name") != "InputLayer" and "dtype" in inner:
             # The global policy, the job's precision; the output's softmax stays float32.
-            same = inner.get("name") == output_layer(config).get("config", {}).get("name")
-            inner["dtype"] = "float32" if softmax and same else None
+            inner["dtype"] = "float32" if softmax and inner.get("name") == output_name else None
     return rebuilt
