@@ -45,7 +45,7 @@ pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def _no_browser(why: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"a browser is required here (TRAINYARD_TEST_REQUIRE_SERVICES=1): {why}")
-    pytest.skip(f"no browser for the dashboard tests: {why} (scripts/test installs one)")
+    pytest.skip(f"no browser for the dashboard tests: {why} (scripts/test installs it as root)")
 
 
 @pytest.fixture(scope="module")
