@@ -61,8 +61,9 @@ def test_sigkill_of_up_leaves_no_process_and_the_next_up_serves(
         wait_healthy(base)
         token = (data_dir / "admin-token").read_text().strip()
         with api_client(base, token) as client:
-            job = client.post("/jobs", json={"dataset": "synthetic", "epochs": 3, "gpus": 0})
-            wait_for(client, job.json()["id"], lambda j: j["current_epoch"] == 1, 60)
+            spec = {"dataset": "synthetic", "model": "mlp", "epochs": 100, "gpus": 0}
+            job = client.post("/jobs", json=spec)
+            wait_for(client, job.json()["id"], lambda j: (j["current_epoch"] or 0) >= 1, 60)
         family = {p.pid for p in descendants(first.pid)}
         assert len(family) >= 3, "API, worker and trainer should be running"
         first.send_signal(signal.SIGKILL)

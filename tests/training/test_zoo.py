@@ -17,7 +17,7 @@ from app.core.spec import ModelName
 from app.core.zoo import ZOO
 from tests.conftest import BLOCK_TRAINYARD
 
-from .conftest import FAST, trainer_env
+from .conftest import FAST, small_npz, trainer_env
 
 pytestmark = pytest.mark.training
 
@@ -88,11 +88,11 @@ def test_pad_and_crop_takes_each_image_from_its_own_offset() -> None:
     assert len(offsets) > 10  # offsets differ from image to image, all 25 possible
 
 
-def test_resnet20_with_adamw_label_smoothing_and_pad_crop_trains(trainer) -> None:
+def test_resnet20_with_adamw_label_smoothing_and_pad_crop_trains(trainer, tmp_path: Path) -> None:
     run = trainer(
         *FAST,
         "--model", "resnet20", "--optimizer", "adamw", "--label-smoothing", "0.1",
-        "--augment", "pad_crop", "--dataset", "synthetic", "--epochs", "2",
+        "--augment", "pad_crop", "--dataset", small_npz(tmp_path / "small.npz"), "--epochs", "2",
         "--batch-size", "32", "--lr", "0.001", "--workdir", "run",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
@@ -107,15 +107,16 @@ def test_resnet20_with_adamw_label_smoothing_and_pad_crop_trains(trainer) -> Non
 def test_the_saved_model_predicts_as_the_trainer_did_without_trainyard(
     trainer, tmp_path: Path
 ) -> None:
-    from worker.training.data import load_digits
+    from worker.training.data import load_dataset
 
+    dataset = small_npz(tmp_path / "small.npz")
     run = trainer(
-        *FAST, "--model", "resnet20", "--dataset", "digits", "--epochs", "1",
+        *FAST, "--model", "resnet20", "--dataset", dataset, "--epochs", "1",
         "--lr", "0.05", "--seed", "2", "--workdir", "run",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     finished = run.one("finished")
-    np.save(tmp_path / "images.npy", load_digits().x_test[:10])
+    np.save(tmp_path / "images.npy", load_dataset(dataset).x_test[:10])
     # A fresh interpreter that cannot import Trainyard, as a user's would: plain Keras, the
     # model file and the mean image the job also serves.
     script = (
