@@ -155,7 +155,7 @@ def build_vgg(input_shape: tuple[int, int, int], classes: int, norm: NormFactory
 
 
 def build_mlp(input_shape: tuple[int, int, int], classes: int) -> keras.Model:
-    """A multi-layer perceptron for tiny inputs: flatten, 512 and 256 ReLU units with dropout
+    """A multi-layer perceptron for tiny inputs: scale, flatten, 512 and 256 ReLU units with dropout
     0.2 each, the softmax classifier."""
     inputs = keras.Input(shape=input_shape)
     # The pipeline feeds mean-subtracted pixels (about -255..255): without this scaling the
