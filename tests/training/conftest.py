@@ -20,16 +20,17 @@ REPO = Path(__file__).resolve().parents[2]
 FAST = ["--gpus", "0", "--mixed-precision", "auto"]
 
 
-def small_npz(path: Path, train: int = 64, test: int = 16, classes: int = 10) -> str:
-    """A dataset file of random 32x32 RGB images: a quarter of synthetic's 256, for tests of
-    the run's mechanics (replicas, checkpoints, resuming) rather than of learning."""
+def small_npz(path: Path) -> str:
+    """A dataset file of 64 training and 16 test random 32x32 RGB images of 10 classes (a
+    quarter of synthetic's 256), for tests of the run's mechanics (replicas, checkpoints,
+    resuming) rather than of learning."""
     rng = np.random.default_rng(0)
     np.savez(
         path,
-        x_train=rng.integers(0, 256, (train, 32, 32, 3), dtype=np.uint8),
-        y_train=np.arange(train) % classes,
-        x_test=rng.integers(0, 256, (test, 32, 32, 3), dtype=np.uint8),
-        y_test=np.arange(test) % classes,
+        x_train=rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
+        y_train=np.arange(64) % 10,
+        x_test=rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+        y_test=np.arange(16) % 10,
     )
     return str(path)
 
