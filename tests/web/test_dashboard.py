@@ -238,3 +238,27 @@ def test_the_token_is_asked_once_and_kept_out_of_urls_and_disk(
     page.click("#logout")
     expect(page.locator("#login-view")).to_be_visible()
     assert page.evaluate("window.sessionStorage.length") == 0
+
+
+def test_logging_out_leaves_no_request_behind(
+    page: Any, base_url: str, tokens: dict[str, str]
+) -> None:
+    """The board refreshes on a short delay after each event and polls every few seconds;
+    logging out while a refresh is pending must cancel it, not send it without a token (a
+    401 the page never handles: an uncaught error, as the page fixture checks)."""
+    from playwright.sync_api import expect
+
+    page.clock.install(time=0)
+    page.goto("/")
+    page.clock.pause_at(1_000)  # timers fire only when the test runs the clock
+    page.fill("#token", tokens["alice"])
+    page.click("#login button[type=submit]")
+    expect(page.locator("#whoami")).to_have_text("alice")  # the board's refresh now pending
+
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url))
+    page.click("#logout")
+    expect(page.locator("#login-view")).to_be_visible()
+    page.clock.run_for(12_000)  # past the refresh delay and two GPU/usage polls
+    page.wait_for_timeout(500)  # let anything sent come back
+    assert sent == []

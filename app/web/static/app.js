@@ -131,12 +131,25 @@ function show(id) {
   }
 }
 
+// fn, called ms after the last call; cancel() drops a pending call (a closed view).
 function debounce(fn, ms) {
   let timer = null;
-  return () => {
+  const call = () => {
     clearTimeout(timer);
     timer = setTimeout(fn, ms);
   };
+  call.cancel = () => clearTimeout(timer);
+  return call;
+}
+
+// Runs the board's background loads: a 401 has already logged out (api() did), anything
+// else is left for the next refresh; neither may surface as an uncaught error.
+function inBackground(...loads) {
+  for (const load of loads) {
+    load().catch((error) => {
+      if (!(error instanceof ApiError && error.status === 401)) console.warn(error);
+    });
+  }
 }
 
 const fixed = (value, digits = 4) =>
@@ -195,22 +208,16 @@ function route() {
 
 function openBoard() {
   show("board-view");
-  const refresh = debounce(() => {
-    loadJobs();
-    loadGpus();
-    loadUsage();
-  }, 200);
+  const refresh = debounce(() => inBackground(loadJobs, loadGpus, loadUsage), 200);
   refresh();
-  loadModels();
+  inBackground(loadModels);
   // Job changes arrive on the feed; GPU utilisation and memory change without an event.
   const feed = follow("/events", refresh, (up) => $("#live").classList.toggle("down", !up));
-  const timer = setInterval(() => {
-    loadGpus();
-    loadUsage();
-  }, 5000);
+  const timer = setInterval(() => inBackground(loadGpus, loadUsage), 5000);
   return {
     close() {
       feed.close();
+      refresh.cancel();
       clearInterval(timer);
     },
   };
@@ -329,7 +336,7 @@ async function submitJob(event) {
       body: JSON.stringify(spec),
     });
     result.replaceChildren("Submitted ", el("a", { href: `#/jobs/${job.id}` }, `job #${job.id}`));
-    loadJobs();
+    inBackground(loadJobs);
   } catch (error) {
     result.className = "error";
     result.textContent = error.message;
