@@ -22,7 +22,7 @@ from app.core.artifacts import artifact_store, mean_image_key, model_key
 from app.core.config import get_settings
 from app.core.datasets import get_dataset
 from app.core.db import get_session_factory
-from app.core.hosts import live_hosts, too_few_gpus
+from app.core.hosts import too_few_live_gpus
 from app.core.logs import stored_log, stored_tail, tail_lines
 from app.core.models import EPOCH_METRICS, Dataset, Epoch, Job, JobStatus, User, utcnow
 from app.core.plots import chart_title, history_png
@@ -96,7 +96,7 @@ def submit_job(
     if isinstance(spec.dataset, int) and dataset is None:
         raise field_error("dataset", _no_dataset(spec.dataset))
     _check_model(session, spec, user, dataset)
-    if spec.gpus and (why := too_few_gpus(live_hosts(session, settings, utcnow()), spec.gpus)):
+    if spec.gpus and (why := too_few_live_gpus(session, settings, utcnow(), spec.gpus)):
         raise field_error("gpus", f"no host can ever run this job: {why}")
     # Committed as queued; a worker's scheduling pass places it and sends it to its host.
     try:

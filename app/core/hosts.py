@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from app.core.config import Settings
@@ -32,9 +32,31 @@ def largest_host(hosts: list[Host]) -> Host | None:
 def too_few_gpus(hosts: list[Host], need: int) -> str | None:
     """Why no host can ever run a job needing `need` GPUs, or None if one can."""
     largest = largest_host(hosts)
-    if largest is None or len(largest.gpus) >= need:
+    if largest is None:
         return None
-    return f"needs {need} GPUs on one host; the largest host {largest.name} has {len(largest.gpus)}"
+    return _too_few(largest.name, len(largest.gpus), need)
+
+
+def too_few_live_gpus(session: Session, settings: Settings, now: datetime, need: int) -> str | None:
+    """too_few_gpus of the live hosts, as one aggregate query: a submission checks it, and
+    loading every host with its GPUs was a sixth of a submission's time."""
+    cutoff = now - timedelta(seconds=settings.host_timeout_seconds)
+    count = func.count(Gpu.id)
+    largest = session.execute(
+        select(Host.name, count)
+        .outerjoin(Gpu, Gpu.host == Host.name)
+        .where(Host.last_heartbeat >= cutoff)
+        .group_by(Host.name)
+        .order_by(count.desc(), Host.name.desc())  # largest_host's order
+        .limit(1)
+    ).first()
+    return None if largest is None else _too_few(largest[0], largest[1], need)
+
+
+def _too_few(name: str, gpus: int, need: int) -> str | None:
+    if gpus >= need:
+        return None
+    return f"needs {need} GPUs on one host; the largest host {name} has {gpus}"
 
 
 GpuState = Literal["free", "leased", "foreign"]

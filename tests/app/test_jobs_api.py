@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.core import lifecycle
 from app.core.config import get_settings
 from app.core.db import get_session_factory
-from app.core.models import Job, JobStatus
+from app.core.models import Host, Job, JobStatus
 from app.main import app
 from tests.conftest import bearer, place_and_claim, register_test_host
 from worker import runs
@@ -169,6 +169,26 @@ def test_cpu_replicas_with_gpus_is_422(client: TestClient) -> None:
     assert error["loc"] == ["body", "cpu_replicas"]
     assert "cpu_replicas needs gpus = 0" in error["msg"]
     assert job_count() == 0
+
+
+def test_more_gpus_than_the_largest_live_host_is_422_naming_it(client: TestClient) -> None:
+    """Hosts whose worker went silent do not count: their GPUs may never come back."""
+    register_test_host("big-but-gone", gpus=8)
+    register_test_host("small", gpus=2)
+    with get_session_factory()() as session:
+        session.execute(
+            update(Host)
+            .where(Host.name == "big-but-gone")
+            .values(last_heartbeat=datetime(2020, 1, 1, tzinfo=UTC))
+        )
+        session.commit()
+    before = job_count()
+    too_big = client.post("/jobs", json={"gpus": 5})
+    assert too_big.status_code == 422, too_big.text
+    assert too_big.json()["detail"][0]["loc"] == ["body", "gpus"]
+    assert "needs 5 GPUs on one host; the largest host test-host has 4" in too_big.text
+    assert job_count() == before
+    assert client.post("/jobs", json={"gpus": 4}).status_code == 201
 
 
 def test_a_placed_job_shows_its_host_and_gpus(client: TestClient) -> None:
