@@ -1,5 +1,8 @@
 """The FastAPI application. Importing it must never import TensorFlow."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import OperationalError
 
@@ -10,8 +13,16 @@ from app.api.early_auth import AuthenticateBeforeBody
 from app.api.health import database_unavailable
 from app.api.metrics import RequestTimer
 from app.core.config import get_settings, make_files_private
+from app.core.heap import freeze_startup_objects
 
 make_files_private()  # also when served as `uvicorn app.main:app`
+
+
+@asynccontextmanager
+async def _lifespan(_app: object) -> AsyncIterator[None]:
+    freeze_startup_objects()  # requests then pause for their own garbage only
+    yield
+
 
 # /docs and /redoc with their scripts served by the app itself, not a CDN: they work on an
 # air-gapped lab network.
@@ -19,6 +30,7 @@ app = FastAPIOffline(
     title="Trainyard",
     version=__version__,
     description="Submit TensorFlow training jobs, follow every epoch, fetch plots and models.",
+    lifespan=_lifespan,
 )
 errors.install(app)
 app.add_exception_handler(OperationalError, database_unavailable)

@@ -59,6 +59,9 @@ def _refuse_a_second_worker_of_this_host(**_: Any) -> None:
 
 @worker_ready.connect
 def _start_host_agent(**_: Any) -> None:
+    from app.core.heap import freeze_startup_objects
     from worker.host_agent import HostAgent
 
-    HostAgent(get_settings(), get_session_factory(), celery, shutdown_event).start()
+    agent = HostAgent(get_settings(), get_session_factory(), celery, shutdown_event)
+    freeze_startup_objects()  # its scheduling passes then pause for their own garbage only
+    agent.start()

@@ -17,6 +17,7 @@ from app.core.db import get_session_factory
 from app.core.models import Gpu, GpuLease, Host, Job, JobStatus, utcnow
 from app.core.users import create_user
 from tests.conftest import register_test_host
+from worker import scheduler
 from worker.reconcile import reconcile
 from worker.scheduler import schedule
 
@@ -249,3 +250,20 @@ def test_foreign_gpus_make_a_job_wait_without_holding_the_host(owners: dict[str,
         "needs 4 GPUs on one host; host test-host has 1 of 4 busy with processes "
         "Trainyard did not start"
     )
+
+
+def test_a_long_queue_gets_its_reasons_front_first_over_a_few_passes(
+    owners: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass writes a bounded number of waiting reasons (it holds the scheduler's lock
+    meanwhile); the passes after it write the rest, the front of the queue first."""
+    monkeypatch.setattr(scheduler, "REASONS_PER_PASS", 3)
+    register_test_host(gpus=1)
+    first, *waiting = [submit(owners["alice"], 1) for _ in range(6)]
+    assert run_pass() == {first: (0,)}
+    reasons = [job(job_id).waiting_reason for job_id in waiting]
+    full = "needs 1 GPUs on one host; host test-host has 0 free"
+    held = f"{full} and is held for job {waiting[0]}, queued earlier"
+    assert reasons == [full, held, held, None, None]
+    run_pass()
+    assert [job(job_id).waiting_reason for job_id in waiting] == [full] + [held] * 4
