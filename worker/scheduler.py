@@ -36,7 +36,7 @@ _IDS_PER_UPDATE = 500
 # (one a second per worker) write the rest. Rewriting a job's row costs 50-80 us on
 # PostgreSQL (every index of jobs gets a new entry), so the first pass after a burst of
 # 10,000 submissions spent 0.5-0.9 s writing them all while holding the scheduler's lock.
-REASONS_PER_PASS = 200
+REASONS_PER_PASS = 100
 
 
 @dataclass(frozen=True)
