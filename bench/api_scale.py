@@ -6,10 +6,12 @@ rows, then measures the real API served by `trainyard api` in a subprocess on a 
 
 - GET /jobs/{id} (random ids), GET /jobs?limit=50 and ?limit=500, each also with a status
   filter (the five statuses in turn): sequential requests, p50 and p99 in milliseconds;
-- POST /jobs with --clients concurrent clients: accepted submissions per second;
-- one scheduling pass (worker/scheduler.py's `schedule`, called directly) with the queued
-  jobs waiting for a host with a few simulated GPUs: the first pass (places what fits, writes
-  every waiting reason) and the passes after it (what a worker runs each second);
+- POST /jobs with --clients concurrent clients: accepted submissions per second (spread
+  over --api-processes `trainyard api` processes, as behind a load balancer);
+- one scheduling pass (worker/scheduler.py's `schedule`, called directly, in a process
+  warmed as a worker's is) with the queued jobs waiting for a host with a few simulated
+  GPUs: the first pass (places what fits, writes the first waiting reasons) and the passes
+  after it (what a worker runs each second);
 - GET /jobs/{id}/logs?tail=100 on a train.log of --log-mb MiB.
 
 Prints one JSON line with every figure, the targets and whether each is met.
@@ -41,7 +43,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -391,17 +393,18 @@ def api_server(
 
 
 def post_throughput(
-    server: Server, tokens: list[list[str]], posts: int, per_user: int
+    servers: list[Server], tokens: list[list[str]], posts: int, per_user: int
 ) -> dict[str, Any]:
     """`len(tokens)` clients, each a thread with its own connection, submitting one job after
-    another; client k switches to its next user every `per_user` submissions."""
+    another; client k switches to its next user every `per_user` submissions and talks to
+    server k modulo their number (as a load balancer would spread them)."""
     body = {"dataset": "digits", "epochs": 3, "gpus": 1}
     per_client = posts // len(tokens)
     codes: dict[str, int] = {}
     lock = threading.Lock()
     start_line = threading.Barrier(len(tokens) + 1)
 
-    def client(own: list[str]) -> None:
+    def client(own: list[str], server: Server) -> None:
         seen: dict[str, int] = {}
         with httpx.Client(base_url=server.base, timeout=60) as http:
             http.get("/healthz")  # connected before the clock starts
@@ -417,15 +420,18 @@ def post_throughput(
             for status, count in seen.items():
                 codes[status] = codes.get(status, 0) + count
 
-    threads = [threading.Thread(target=client, args=(own,)) for own in tokens]
+    threads = [
+        threading.Thread(target=client, args=(own, servers[k % len(servers)]))
+        for k, own in enumerate(tokens)
+    ]
     for thread in threads:
         thread.start()
     start_line.wait()
-    start, cpu = time.perf_counter(), server.cpu_seconds()
+    start, cpu = time.perf_counter(), sum(server.cpu_seconds() for server in servers)
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - start
-    cpu = server.cpu_seconds() - cpu
+    cpu = sum(server.cpu_seconds() for server in servers) - cpu
     accepted = codes.get("201", 0)
     return {
         "jobs_per_s": round(accepted / elapsed, 1),
@@ -566,9 +572,17 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                         [create_user(session, f"poster-{k}-{u}")[1] for u in range(users)]
                         for k in range(args.clients)
                     ]
-                post = post_throughput(server, tokens, args.posts, per_user)
+                with ExitStack() as more:
+                    servers = [server] + [
+                        more.enter_context(
+                            api_server(url, data_dir, limits, workdir / f"api-{k}.log")
+                        )
+                        for k in range(1, args.api_processes)
+                    ]
+                    post = post_throughput(servers, tokens, args.posts, per_user)
                 if post["accepted"] < post["submitted"]:
                     print((workdir / "api.log").read_text()[-3000:], file=sys.stderr)
+                post["api_processes"] = args.api_processes
                 post["limits"] = (
                     f"on at their defaults; each client switches user every {per_user} "
                     f"submissions ({users * args.clients} users)"
@@ -623,6 +637,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200, help="requests per GET figure")
     parser.add_argument("--posts", type=int, default=2000, help="POST /jobs in all")
     parser.add_argument("--clients", type=int, default=8, help="concurrent POST clients")
+    parser.add_argument(
+        "--api-processes",
+        type=at_least_one,
+        default=1,
+        help="`trainyard api` processes the POST clients are spread over",
+    )
     parser.add_argument("--posts-per-user", type=int, default=50)
     parser.add_argument("--no-limits", action="store_true", help="rate limit and quota off")
     parser.add_argument(
