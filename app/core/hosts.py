@@ -41,15 +41,14 @@ def too_few_live_gpus(session: Session, settings: Settings, now: datetime, need:
     """too_few_gpus of the live hosts, as one aggregate query: a submission checks it, and
     loading every host with its GPUs was a sixth of a submission's time."""
     cutoff = now - timedelta(seconds=settings.host_timeout_seconds)
-    count = func.count(Gpu.id)
-    largest = session.execute(
-        select(Host.name, count)
+    counts = session.execute(
+        select(Host.name, func.count(Gpu.id))
         .outerjoin(Gpu, Gpu.host == Host.name)
         .where(Host.last_heartbeat >= cutoff)
         .group_by(Host.name)
-        .order_by(count.desc(), Host.name.desc())  # largest_host's order
-        .limit(1)
-    ).first()
+    ).all()
+    # Picked here, as largest_host picks: a database's collation may order names otherwise.
+    largest = max(counts, key=lambda row: (row[1], row[0]), default=None)
     return None if largest is None else _too_few(largest[0], largest[1], need)
 
 

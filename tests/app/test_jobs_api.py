@@ -189,6 +189,11 @@ def test_more_gpus_than_the_largest_live_host_is_422_naming_it(client: TestClien
     assert "needs 5 GPUs on one host; the largest host test-host has 4" in too_big.text
     assert job_count() == before
     assert client.post("/jobs", json={"gpus": 4}).status_code == 201
+    # A tie is named as the scheduler names it: the greater name by code point, whatever
+    # the database's collation (one that skips punctuation would put "lab-2" last).
+    register_test_host("lab-2", gpus=6)
+    register_test_host("lab1", gpus=6)
+    assert "the largest host lab1 has 6" in client.post("/jobs", json={"gpus": 7}).text
 
 
 def test_a_placed_job_shows_its_host_and_gpus(client: TestClient) -> None:
