@@ -32,11 +32,14 @@ from app.core.models import Host, Job, JobStatus, utcnow
 _SCHEDULER_LOCK = 0x7472_6169
 # Jobs per UPDATE that stores a waiting reason (bound parameters stay few on any SQLite).
 _IDS_PER_UPDATE = 500
-# Waiting reasons one pass writes at most, the front of the queue first; the passes after it
-# (one a second per worker) write the rest. Rewriting a job's row costs 50-80 us on
+# Waiting reasons one pass writes at most. Rewriting a job's row costs 50-80 us on
 # PostgreSQL (every index of jobs gets a new entry), so the first pass after a burst of
 # 10,000 submissions spent 0.5-0.9 s writing them all while holding the scheduler's lock.
+# Half go to the front of the queue, what people watch; half to a sweep that starts where
+# this process's last sweep stopped and wraps around, so that while placements keep
+# changing the reasons at the front, those further back are still rewritten in turn.
 REASONS_PER_PASS = 100
+_last_swept: tuple[int, int] | None = None  # (job id, its queue position) the last sweep ended on
 
 
 @dataclass(frozen=True)
@@ -89,9 +92,12 @@ def schedule(session: Session, settings: Settings) -> list[Placement]:
     # reservation changes what the hosts offer. With thousands queued for a few GPUs nearly
     # every job waits for a reason an earlier one found: a lookup, not a search of the hosts.
     known: dict[int, str] = {}
-    waiting: defaultdict[str, list[int]] = defaultdict(list)  # new reason -> its jobs
-    reasons_left = REASONS_PER_PASS
-    for job in queued_in_order(session):
+    changed: list[tuple[int, int, str]] = []  # (queue position, job, its new reason)
+    # The sweep goes on after the job it ended on, wherever placements have moved it to.
+    resume_at = _last_swept[1] + 1 if _last_swept else 0
+    for position, job in enumerate(queued_in_order(session)):
+        if _last_swept and job.id == _last_swept[0]:
+            resume_at = position + 1
         why = _over_quota(settings, job, held) if job.gpus else None
         if why is None and (why := known.get(job.gpus)) is None:
             outcome = (
@@ -110,10 +116,9 @@ def schedule(session: Session, settings: Settings) -> list[Placement]:
                 known.clear()
             else:
                 known[job.gpus] = why
-        if why != job.waiting_reason and reasons_left:
-            waiting[why].append(job.id)
-            reasons_left -= 1
-    _note_waiting(session, waiting)
+        if why != job.waiting_reason:
+            changed.append((position, job.id, why))
+    _note_waiting(session, _reasons_to_write(changed, resume_at))
     session.commit()
     return placements
 
@@ -194,6 +199,23 @@ def _place(
 ) -> bool:
     row = session.get(Job, job.id)
     return row is not None and lifecycle.place(session, row, host, gpu_indices, now)
+
+
+def _reasons_to_write(changed: list[tuple[int, int, str]], resume_at: int) -> dict[str, list[int]]:
+    """New reason -> its jobs, at most REASONS_PER_PASS of `changed` (in queue order): the
+    front ones, then a sweep from queue position `resume_at` on, wrapping around."""
+    global _last_swept
+    front = REASONS_PER_PASS - REASONS_PER_PASS // 2
+    chosen, rest = changed[:front], changed[front:]
+    sweep = REASONS_PER_PASS - front
+    if sweep and len(rest) > sweep:
+        start = next((i for i, (position, *_) in enumerate(rest) if position >= resume_at), 0)
+        rest = (rest[start:] + rest[:start])[:sweep]
+        _last_swept = (rest[-1][1], rest[-1][0])
+    waiting: defaultdict[str, list[int]] = defaultdict(list)
+    for _, job_id, why in chosen + (rest[:sweep] if sweep else []):
+        waiting[why].append(job_id)
+    return waiting
 
 
 def _note_waiting(session: Session, waiting: dict[str, list[int]]) -> None:

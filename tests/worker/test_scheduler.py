@@ -258,6 +258,7 @@ def test_a_long_queue_gets_its_reasons_front_first_over_a_few_passes(
     """A pass writes a bounded number of waiting reasons (it holds the scheduler's lock
     meanwhile); the passes after it write the rest, the front of the queue first."""
     monkeypatch.setattr(scheduler, "REASONS_PER_PASS", 3)
+    monkeypatch.setattr(scheduler, "_last_swept", None)
     register_test_host(gpus=1)
     first, *waiting = [submit(owners["alice"], 1) for _ in range(6)]
     assert run_pass() == {first: (0,)}
@@ -267,3 +268,21 @@ def test_a_long_queue_gets_its_reasons_front_first_over_a_few_passes(
     assert reasons == [full, held, held, None, None]
     run_pass()
     assert [job(job_id).waiting_reason for job_id in waiting] == [full] + [held] * 4
+
+
+def test_reasons_far_back_are_rewritten_while_the_front_keeps_changing(
+    owners: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each placement changes every reason behind it ("held for job N"); a pass that wrote
+    only the front of the queue would leave the back's reasons unwritten for as long as
+    jobs keep starting."""
+    monkeypatch.setattr(scheduler, "REASONS_PER_PASS", 4)
+    monkeypatch.setattr(scheduler, "_last_swept", None)
+    register_test_host(gpus=1)
+    queue = [submit(owners["alice"], 1) for _ in range(10)]
+    # Four passes, each placing the next job: 4 of the 9, 8, 7 and 6 changed reasons each.
+    for started in queue[:4]:
+        assert run_pass() == {started: (0,)}
+        start_and_finish(started)
+    unwritten = [job_id for job_id in queue[4:] if job(job_id).waiting_reason is None]
+    assert unwritten == []
