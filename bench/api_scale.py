@@ -463,6 +463,8 @@ def scheduling(database_url: str, data_dir: Path, passes: int) -> dict[str, Any]
     # process the same way (35 ms of mapper set-up alone) and leaves the database as seeded.
     with engine.connect() as connection:
         seeded = connection.begin()
+        if engine.dialect.name == "sqlite":  # pysqlite leaves BEGIN to the first write
+            connection.exec_driver_sql("BEGIN")
         with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
             schedule(session, settings)
         seeded.rollback()
@@ -536,12 +538,14 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                     c.execute(text("VACUUM ANALYZE"))
             seconds = time.perf_counter() - start
             log_job = next(row["id"] for row in reversed(rows) if row["status"] == "succeeded")
+            epochs = sum(counts)
+            del rows, counts, leases  # a worker holds no such heap when it freezes its own
             log_bytes = write_log(
                 Settings(data_dir=data_dir).job_dir(log_job) / "train.log", args.log_mb
             )
             figures: dict[str, Any] = {
                 "jobs": jobs,
-                "epochs": sum(counts),
+                "epochs": epochs,
                 "queued": queued,
                 "running": running,
                 "owners": args.owners,
@@ -581,7 +585,8 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                     ]
                     post = post_throughput(servers, tokens, args.posts, per_user)
                 if post["accepted"] < post["submitted"]:
-                    print((workdir / "api.log").read_text()[-3000:], file=sys.stderr)
+                    for log in sorted(workdir.glob("api*.log")):
+                        print(f"{log.name}:\n{log.read_text()[-3000:]}", file=sys.stderr)
                 post["api_processes"] = args.api_processes
                 post["limits"] = (
                     f"on at their defaults; each client switches user every {per_user} "

@@ -62,6 +62,5 @@ def _start_host_agent(**_: Any) -> None:
     from app.core.heap import freeze_startup_objects
     from worker.host_agent import HostAgent
 
-    agent = HostAgent(get_settings(), get_session_factory(), celery, shutdown_event)
+    HostAgent(get_settings(), get_session_factory(), celery, shutdown_event).start()
     freeze_startup_objects()  # its scheduling passes then pause for their own garbage only
-    agent.start()

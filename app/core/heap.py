@@ -13,7 +13,7 @@ def freeze_startup_objects() -> None:
 
     A full collection otherwise walks all of it again, a few times a minute: in a scheduling
     pass over 10,000 queued jobs (tens of thousands of short-lived rows) one pass in four
-    took 75-105 ms instead of 35 because of it (bench/api_scale.py). Objects created later
+    took 75-138 ms instead of 35-40 because of it (bench/api_scale.py). Objects created later
     are collected as usual."""
     configure_mappers()
     gc.collect()
