@@ -21,6 +21,7 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from app.api.auth import UNAUTHORIZED, CurrentUser, current_user
@@ -144,18 +145,28 @@ class Batch:
 
 def _read(job_id: int | None, after: int, logs: bool) -> Batch:
     with get_session_factory()() as session:
-        found = [
-            # The feed of every job says which job each change is of.
-            (event.id, event.kind, event.data if job_id else {"job_id": event.job_id, **event.data})
-            for event in events.after(session, job_id, after)
-            if logs or event.kind != "log"
-        ]
+        found = _events(session, job_id, after, logs)
         final = None
         if job_id is not None and not found:
             job = session.get(Job, job_id)
             if job is None or job.status in TERMINAL_STATUSES:
-                final = _end(job)
+                # Asked again: each statement of a PostgreSQL transaction sees what had
+                # committed when it began, so the run's end may have committed between the
+                # first read and the job's, its status event unseen by the first.
+                found = _events(session, job_id, after, logs)
+                final = None if found else _end(job)
         return Batch(found, final)
+
+
+def _events(
+    session: Session, job_id: int | None, after: int, logs: bool
+) -> list[tuple[int, str, dict[str, Any]]]:
+    return [
+        # The feed of every job says which job each change is of.
+        (event.id, event.kind, event.data if job_id else {"job_id": event.job_id, **event.data})
+        for event in events.after(session, job_id, after)
+        if logs or event.kind != "log"
+    ]
 
 
 def _end(job: Job | None) -> dict[str, Any]:

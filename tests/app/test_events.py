@@ -248,3 +248,45 @@ def test_a_hundred_streams_opening_at_once_all_open_and_others_are_served(
     opened, took = asyncio.run(burst())
     assert opened == count
     assert took < 5
+
+
+def test_a_run_ending_between_the_stream_s_two_reads_still_sends_its_status(db: Path) -> None:
+    """A job's stream reads the new events, then, finding none, the job, to decide whether
+    to send `end`. A run whose end commits between those two statements (each sees what had
+    committed when it began) must not make it send `end` with the final status event unsent:
+    under load a client saw queued, placed, running, then `end`."""
+    from sqlalchemy import event
+
+    from app.api.events import _read
+    from app.core import events
+    from app.core.db import get_engine
+    from app.core.models import Job
+    from app.core.users import create_user
+
+    register_test_host()
+    with get_session_factory()() as session:
+        owner = create_user(session, "carol")[0]
+        job = Job(status=JobStatus.queued, spec={"gpus": 1}, owner_id=owner.id)
+        session.add(job)
+        session.commit()
+        job_id = job.id
+    attempt = place_and_claim(job_id)
+    with get_session_factory()() as session:
+        seen = events.newest_id(session)  # the client has everything up to `running`
+
+    ended: list[bool] = []
+
+    def end_the_run_after_the_events_query(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if "FROM job_events" in statement and not ended:
+            ended.append(True)
+            with get_session_factory()() as other:
+                assert lifecycle.finish(other, job_id, attempt, JobStatus.succeeded)
+
+    event.listen(get_engine(), "after_cursor_execute", end_the_run_after_the_events_query)
+    try:
+        batch = _read(job_id, seen, logs=True)
+    finally:
+        event.remove(get_engine(), "after_cursor_execute", end_the_run_after_the_events_query)
+    assert ended
+    assert batch.final is None  # not yet: its status goes first
+    assert [data["status"] for _, kind, data in batch.events if kind == "status"] == ["succeeded"]
