@@ -164,8 +164,7 @@ def _events(
     return [
         # The feed of every job says which job each change is of.
         (event.id, event.kind, event.data if job_id else {"job_id": event.job_id, **event.data})
-        for event in events.after(session, job_id, after)
-        if logs or event.kind != "log"
+        for event in events.after(session, job_id, after, logs=logs)
     ]
 
 

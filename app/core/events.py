@@ -61,13 +61,17 @@ def drop_log_lines(session: Session, job_id: int, kept: int) -> None:
         session.execute(update(Job).where(Job.id == job_id).values(events_dropped_upto=newest))
 
 
-def after(session: Session, job_id: int | None, after_id: int, limit: int = 500) -> list[JobEvent]:
-    """Events with ids above `after_id`, oldest first: of one job, or (None) status changes
-    of every job."""
+def after(
+    session: Session, job_id: int | None, after_id: int, limit: int = 500, logs: bool = True
+) -> list[JobEvent]:
+    """Events with ids above `after_id`, oldest first: of one job (without its log lines
+    unless `logs`), or (None) status changes of every job."""
     query = select(JobEvent).where(JobEvent.id > after_id)
     query = (
         query.where(JobEvent.job_id == job_id) if job_id else query.where(JobEvent.kind == "status")
     )
+    if not logs:  # left out here, not after the limit: a page of logs would hide the rest
+        query = query.where(JobEvent.kind != "log")
     return list(session.scalars(query.order_by(JobEvent.id).limit(limit)))
 
 

@@ -150,9 +150,11 @@ def test_the_feed_of_all_jobs_follows_status_changes(api: httpx.Client) -> None:
         time.sleep(1.0)
         late.append(api.post("/jobs", json={"gpus": 0, "name": "late"}).json()["id"])
 
-    threading.Thread(target=submit_later).start()
     started = time.monotonic()
     with api.stream("GET", "/events") as feed:
+        # Submitted once the feed has answered (it starts after the newest event then), not
+        # on a clock: on a busy machine the request could otherwise come after the job.
+        threading.Thread(target=submit_later).start()
         for event in sse(feed):
             seen.append(event)
             break
@@ -250,16 +252,8 @@ def test_a_hundred_streams_opening_at_once_all_open_and_others_are_served(
     assert took < 5
 
 
-def test_a_run_ending_between_the_stream_s_two_reads_still_sends_its_status(db: Path) -> None:
-    """A job's stream reads the new events, then, finding none, the job, to decide whether
-    to send `end`. A run whose end commits between those two statements (each sees what had
-    committed when it began) must not make it send `end` with the final status event unsent:
-    under load a client saw queued, placed, running, then `end`."""
-    from sqlalchemy import event
-
-    from app.api.events import _read
-    from app.core import events
-    from app.core.db import get_engine
+def running_job() -> tuple[int, int]:
+    """A job placed and claimed as a worker does: (its id, the run's attempt)."""
     from app.core.models import Job
     from app.core.users import create_user
 
@@ -270,14 +264,29 @@ def test_a_run_ending_between_the_stream_s_two_reads_still_sends_its_status(db: 
         session.add(job)
         session.commit()
         job_id = job.id
-    attempt = place_and_claim(job_id)
+    return job_id, place_and_claim(job_id)
+
+
+def test_a_run_ending_between_the_stream_s_two_reads_still_sends_its_status(db: Path) -> None:
+    """A job's stream reads the new events, then, finding none, the job, to decide whether
+    to send `end`. A run whose end commits between those two statements (each sees what had
+    committed when it began) must not make it send `end` with the final status event unsent:
+    under load a client saw queued, placed, running, then `end`."""
+    from sqlalchemy import event
+
+    from app.api.events import _read
+    from app.core import events
+    from app.core.db import get_engine
+
+    job_id, attempt = running_job()
     with get_session_factory()() as session:
         seen = events.newest_id(session)  # the client has everything up to `running`
 
     ended: list[bool] = []
+    reader = threading.get_ident()  # _read runs here; no other thread's statement counts
 
     def end_the_run_after_the_events_query(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-        if "FROM job_events" in statement and not ended:
+        if "FROM job_events" in statement and threading.get_ident() == reader and not ended:
             ended.append(True)
             with get_session_factory()() as other:
                 assert lifecycle.finish(other, job_id, attempt, JobStatus.succeeded)
@@ -290,3 +299,24 @@ def test_a_run_ending_between_the_stream_s_two_reads_still_sends_its_status(db: 
     assert ended
     assert batch.final is None  # not yet: its status goes first
     assert [data["status"] for _, kind, data in batch.events if kind == "status"] == ["succeeded"]
+
+
+def test_a_follower_who_may_not_read_the_log_is_not_held_up_by_a_long_one(db: Path) -> None:
+    """A stream without log lines (its follower is neither the owner nor an admin) reads
+    500 events at a time: a run's 600 log events must not hide what comes after them, nor
+    end the stream without its epochs and final status."""
+    from app.api.events import _read
+    from app.core import events
+
+    job_id, attempt = running_job()
+    with get_session_factory()() as session:
+        for n in range(600):
+            events.log(session, job_id, attempt, [f"line {n}"])
+        session.commit()
+        record = {"epoch": 1, "loss": 1.0, "val_accuracy": 0.1}
+        assert runs.record_epoch(session, job_id, attempt, record)
+        assert lifecycle.finish(session, job_id, attempt, JobStatus.succeeded)
+    batch = _read(job_id, 0, logs=False)
+    assert batch.final is None  # its status goes first
+    assert [kind for _, kind, _ in batch.events] == ["status", "status", "epoch", "status"]
+    assert batch.events[-1][2]["status"] == "succeeded"
