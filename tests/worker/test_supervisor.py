@@ -432,9 +432,10 @@ def test_cancel_ends_the_whole_process_group_within_seconds(owner: User, runs: R
         assert running is not None and lifecycle.cancel(session, running)
     asked = time.monotonic()
     outcome = future.result(timeout=15)
-    # Noticed at the next heartbeat (1 s), then SIGTERM to the group; a second of slack for
-    # a loaded 2-core machine (2.1 s was seen there with a training running beside it).
-    assert time.monotonic() - asked < 2.5 + GRACE
+    # Noticed at the next heartbeat (1 s), then SIGTERM to the group; two seconds of slack
+    # for a loaded 2-core machine (2.1 s was seen there with a training running beside it,
+    # which the suite's two processes make the common case).
+    assert time.monotonic() - asked < 3.5 + GRACE
     assert outcome is not None and outcome.cancelled
     assert live_in_group(pgid) == []
     cancelled = job(job_id)
