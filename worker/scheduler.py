@@ -92,12 +92,8 @@ def schedule(session: Session, settings: Settings) -> list[Placement]:
     # reservation changes what the hosts offer. With thousands queued for a few GPUs nearly
     # every job waits for a reason an earlier one found: a lookup, not a search of the hosts.
     known: dict[int, str] = {}
-    changed: list[tuple[int, int, str]] = []  # (queue position, job, its new reason)
-    # The sweep goes on after the job it ended on, wherever placements have moved it to.
-    resume_at = _last_swept[1] + 1 if _last_swept else 0
+    budget = _ReasonBudget()
     for position, job in enumerate(queued_in_order(session)):
-        if _last_swept and job.id == _last_swept[0]:
-            resume_at = position + 1
         why = _over_quota(settings, job, held) if job.gpus else None
         if why is None and (why := known.get(job.gpus)) is None:
             outcome = (
@@ -117,8 +113,9 @@ def schedule(session: Session, settings: Settings) -> list[Placement]:
             else:
                 known[job.gpus] = why
         if why != job.waiting_reason:
-            changed.append((position, job.id, why))
-    _note_waiting(session, _reasons_to_write(changed, resume_at))
+            budget.offer(position, job.id, why)
+        budget.went_past(position, job.id)
+    _note_waiting(session, budget.spent())
     session.commit()
     return placements
 
@@ -201,21 +198,44 @@ def _place(
     return row is not None and lifecycle.place(session, row, host, gpu_indices, now)
 
 
-def _reasons_to_write(changed: list[tuple[int, int, str]], resume_at: int) -> dict[str, list[int]]:
-    """New reason -> its jobs, at most REASONS_PER_PASS of `changed` (in queue order): the
-    front ones, then a sweep from queue position `resume_at` on, wrapping around."""
-    global _last_swept
-    front = REASONS_PER_PASS - REASONS_PER_PASS // 2
-    chosen, rest = changed[:front], changed[front:]
-    sweep = REASONS_PER_PASS - front
-    if sweep and len(rest) > sweep:
-        start = next((i for i, (position, *_) in enumerate(rest) if position >= resume_at), 0)
-        rest = (rest[start:] + rest[:start])[:sweep]
-        _last_swept = (rest[-1][1], rest[-1][0])
-    waiting: defaultdict[str, list[int]] = defaultdict(list)
-    for _, job_id, why in chosen + (rest[:sweep] if sweep else []):
-        waiting[why].append(job_id)
-    return waiting
+class _ReasonBudget:
+    """Which changed reasons a pass writes, offered in queue order: the first ones, and a
+    sweep that goes on after the job the last sweep ended on (wherever placements have moved
+    it), wrapping around to the front. Holds at most REASONS_PER_PASS of them: a pass after
+    a burst meets thousands."""
+
+    def __init__(self) -> None:
+        self.front_size = REASONS_PER_PASS - REASONS_PER_PASS // 2
+        self.sweep_size = REASONS_PER_PASS // 2
+        self.front: list[tuple[int, int, str]] = []  # (queue position, job, its new reason)
+        self.ahead: list[tuple[int, int, str]] = []  # after where the last sweep ended
+        self.behind: list[tuple[int, int, str]] = []  # before it: the sweep's wrap-around
+        self.past_last_sweep = _last_swept is None
+
+    def offer(self, position: int, job_id: int, why: str) -> None:
+        if len(self.front) < self.front_size:
+            self.front.append((position, job_id, why))
+            return
+        into = self.ahead if self.past_last_sweep else self.behind
+        if len(into) < self.sweep_size:
+            into.append((position, job_id, why))
+
+    def went_past(self, position: int, job_id: int) -> None:
+        """The pass has considered this job (offered or not)."""
+        if not self.past_last_sweep and _last_swept is not None:
+            # That job itself, or, if it has left the queue, the place it had.
+            self.past_last_sweep = job_id == _last_swept[0] or position >= _last_swept[1]
+
+    def spent(self) -> dict[str, list[int]]:
+        """New reason -> its jobs; remembers where this sweep ended."""
+        global _last_swept
+        sweep = (self.ahead + self.behind)[: self.sweep_size]
+        if sweep:
+            _last_swept = (sweep[-1][1], sweep[-1][0])
+        waiting: defaultdict[str, list[int]] = defaultdict(list)
+        for _, job_id, why in self.front + sweep:
+            waiting[why].append(job_id)
+        return waiting
 
 
 def _note_waiting(session: Session, waiting: dict[str, list[int]]) -> None:
