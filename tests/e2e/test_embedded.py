@@ -14,7 +14,7 @@ from tests.e2e.service import api_client, free_port, processes, service_env, wai
 pytestmark = pytest.mark.training
 
 
-@pytest.mark.timeout(900)  # the README's first job trains MiniGoogLeNet on digits for 3 epochs
+@pytest.mark.timeout(1200)  # the README's first job trains MiniGoogLeNet on digits for 3 epochs
 def test_embedded_up_trains_records_and_cancels(data_dir: Path, tmp_path: Path) -> None:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"

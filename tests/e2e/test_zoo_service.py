@@ -31,7 +31,7 @@ from tests.keras_files import make_model_files
 pytestmark = pytest.mark.training
 
 
-@pytest.mark.timeout(900)  # two real trainings on digits: minutes on an AVX2-only CPU
+@pytest.mark.timeout(1200)  # two real trainings on digits: minutes on an AVX2-only CPU
 def test_resnet20_on_two_simulated_gpus(data_dir: Path, tmp_path: Path) -> None:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
