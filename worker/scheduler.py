@@ -30,8 +30,6 @@ from app.core.models import Host, Job, JobStatus, utcnow
 
 # pg_advisory_xact_lock key: one scheduling pass at a time across all workers.
 _SCHEDULER_LOCK = 0x7472_6169
-# Jobs per UPDATE that stores a waiting reason (bound parameters stay few on any SQLite).
-_IDS_PER_UPDATE = 500
 # Waiting reasons one pass writes at most. Rewriting a job's row costs 50-80 us on
 # PostgreSQL (every index of jobs gets a new entry), so the first pass after a burst of
 # 10,000 submissions spent 0.5-0.9 s writing them all while holding the scheduler's lock.
@@ -239,14 +237,13 @@ class _ReasonBudget:
 
 
 def _note_waiting(session: Session, waiting: dict[str, list[int]]) -> None:
-    """Say why jobs wait (GET /jobs/{id} shows it): only the reasons that changed, one UPDATE
-    per reason, not one per job (a pass after a burst of submissions writes thousands)."""
+    """Say why jobs wait (GET /jobs/{id} shows it): one UPDATE per reason, not one per job
+    (at most REASONS_PER_PASS ids in all: few bound parameters on any SQLite)."""
     for why, ids in waiting.items():
-        for start in range(0, len(ids), _IDS_PER_UPDATE):
-            session.execute(
-                update(Job)
-                .where(Job.id.in_(ids[start : start + _IDS_PER_UPDATE]))
-                .where(Job.status == JobStatus.queued)
-                .values(waiting_reason=why)
-                .execution_options(synchronize_session=False)
-            )
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(ids))
+            .where(Job.status == JobStatus.queued)
+            .values(waiting_reason=why)
+            .execution_options(synchronize_session=False)
+        )
