@@ -4,35 +4,24 @@ clients spread over two API processes."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench_scripts import run_bench
 
 
 def test_the_api_scale_bench_runs_and_reports_every_figure(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "api_scale.py"),
-            "--backend=sqlite",
-            "--sqlite-jobs=200",
-            "--epochs-per-job=2",
-            "--samples=3",
-            "--posts=32",
-            "--passes=2",
-            "--log-mb=1",
-            "--api-processes=2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
+    report = run_bench(
+        "api_scale.py",
+        "--backend=sqlite",
+        "--sqlite-jobs=200",
+        "--epochs-per-job=2",
+        "--samples=3",
+        "--posts=32",
+        "--passes=2",
+        "--log-mb=1",
+        "--api-processes=2",
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
     figures = report["results"]["sqlite"]
     assert figures["post"]["status_codes"] == {"201": 32}
     assert figures["post"]["api_processes"] == 2

@@ -3,34 +3,14 @@ measured by hand: see BENCHMARKS.md; this only keeps the script from rotting).""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench_scripts import run_bench
 
 
 @pytest.mark.training
 def test_engine_side_of_the_benchmark_runs() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "train_throughput.py"),
-            "--engine-only",
-            "--images",
-            "64",
-            "--steps",
-            "2",
-            "--batch-size",
-            "16",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=True,
+    figures = run_bench(
+        "train_throughput.py", "--engine-only", "--images=64", "--steps=2", "--batch-size=16"
     )
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["recipe"] == "engine" and figures["images_per_s"] > 0
