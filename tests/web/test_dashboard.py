@@ -264,3 +264,48 @@ def test_logging_out_leaves_no_request_behind(
     page.clock.run_for(12_000)  # past the refresh delay and two GPU/usage polls
     page.wait_for_timeout(500)  # let anything sent come back
     assert [(url, auth) for url, auth in sent if auth != f"Bearer {tokens['alice']}"] == []
+
+
+def test_a_late_answer_for_the_previous_job_leaves_the_new_job_page_alone(
+    page: Any, base_url: str, tokens: dict[str, str]
+) -> None:
+    """A job page reloads its job on each status event. Opening another job while such a
+    reload is still on the wire must not let its answer repaint the new page (the card and
+    its cancel button would then be the old job's: a cancel click on a finished job)."""
+    from playwright.sync_api import expect
+
+    alice = {"Authorization": f"Bearer {tokens['alice']}"}
+    first, second = (
+        httpx.post(f"{base_url}/jobs", json={"gpus": 0, "name": name}, headers=alice).json()["id"]
+        for name in ("first", "second")
+    )
+    log_in(page, tokens["alice"])
+    page.goto(f"/#/jobs/{first}")
+    expect(page.locator("#job-title")).to_have_text(f"Job #{first} — first")
+    expect(page.locator("#cancel")).to_be_visible()
+
+    # Hold the first job's reloads on the wire, then end it: its status event asks for one.
+    held: list[Any] = []
+
+    def hold(route: Any) -> None:
+        held.append(route)
+
+    page.route(f"**/jobs/{first}", hold)
+    httpx.post(f"{base_url}/jobs/{first}/cancel", headers=alice).raise_for_status()
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the first job's page did not reload on its status event"
+
+    page.goto(f"/#/jobs/{second}")
+    expect(page.locator("#job-title")).to_have_text(f"Job #{second} — second")
+    expect(page.locator("#cancel")).to_be_visible()
+    for route in held:
+        with page.expect_event("requestfinished", lambda r: r.url.endswith(f"/jobs/{first}")):
+            route.continue_()
+    page.wait_for_timeout(300)  # the answer's JSON is parsed and handled after it finishes
+    expect(page.locator("#job-title")).to_have_text(f"Job #{second} — second")
+    expect(page.locator("#job-card [data-field='status']")).to_have_text("queued")
+    expect(page.locator("#cancel")).to_have_attribute("data-job-id", str(second))
+    expect(page.locator("#cancel")).to_be_visible()

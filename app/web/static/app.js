@@ -355,19 +355,29 @@ function openJob(jobId) {
   $("#cancel").hidden = true;
   drawCharts(epochs, 1);
 
+  // An answer that arrives after this page closed (another job opened), or after a newer
+  // reload was sent, is dropped: it would repaint the card, and its cancel button, with a
+  // job that is no longer shown or a status that is no longer true.
+  let closed = false;
+  let reloads = 0;
   const redraw = () => drawCharts(epochs, job ? job.spec.epochs : 1);
   const reload = async () => {
+    const sent = ++reloads;
+    let answer;
     try {
-      job = await api(`/jobs/${jobId}`);
+      answer = await api(`/jobs/${jobId}`);
     } catch (error) {
-      $("#job-error").textContent = error.message;
+      if (!closed && sent === reloads) $("#job-error").textContent = error.message;
       return;
     }
+    if (closed || sent !== reloads) return;
+    job = answer;
     showCard(job);
     redraw();
   };
   reload();
   const stream = follow(`/jobs/${jobId}/events`, (event) => {
+    if (closed) return;
     if (event.event === "epoch") {
       epochs.set(event.data.epoch, event.data);
       if (job && event.data.epoch >= (job.current_epoch ?? 0)) {
@@ -382,7 +392,12 @@ function openJob(jobId) {
       reload();
     }
   });
-  return { close: () => stream.close() };
+  return {
+    close() {
+      closed = true;
+      stream.close();
+    },
+  };
 }
 
 function showCard(job) {
@@ -432,10 +447,12 @@ function appendLog(lines) {
 async function cancelJob() {
   const jobId = $("#cancel").dataset.jobId;
   $("#job-error").textContent = "";
+  const stillShown = () => location.hash === `#/jobs/${jobId}`;
   try {
-    showCard(await api(`/jobs/${jobId}/cancel`, { method: "POST" }));
+    const job = await api(`/jobs/${jobId}/cancel`, { method: "POST" });
+    if (stillShown()) showCard(job);
   } catch (error) {
-    $("#job-error").textContent = error.message;
+    if (stillShown()) $("#job-error").textContent = error.message;
   }
 }
 
