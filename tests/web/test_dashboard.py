@@ -309,3 +309,43 @@ def test_a_late_answer_for_the_previous_job_leaves_the_new_job_page_alone(
     expect(page.locator("#job-card [data-field='status']")).to_have_text("queued")
     expect(page.locator("#cancel")).to_have_attribute("data-job-id", str(second))
     expect(page.locator("#cancel")).to_be_visible()
+
+
+def test_an_overtaken_answer_does_not_repaint_the_board(
+    page: Any, base_url: str, tokens: dict[str, str]
+) -> None:
+    """The board reloads its jobs after each event; two reloads can come back out of order.
+    The older answer, arriving last, must not paint a state that is no longer true: no later
+    event would repaint it."""
+    from playwright.sync_api import expect
+
+    alice = {"Authorization": f"Bearer {tokens['alice']}"}
+    job_id = httpx.post(f"{base_url}/jobs", json={"gpus": 0}, headers=alice).json()["id"]
+
+    # The board's first jobs answer (the job queued) is fetched, then held back.
+    held: list[tuple[Any, Any]] = []
+
+    def hold_first(route: Any) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append((route, route.fetch()))
+
+    page.route("**/jobs?limit=100", hold_first)
+    log_in(page, tokens["alice"])
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the board did not load its jobs"
+
+    # The job is cancelled; the feed's event makes the board reload, and that answer shows it.
+    httpx.post(f"{base_url}/jobs/{job_id}/cancel", headers=alice).raise_for_status()
+    row = page.locator(f"#jobs tr[data-job-id='{job_id}']")
+    expect(row.locator(".status")).to_have_text("cancelled")
+
+    route, stale = held[0]
+    with page.expect_event("requestfinished", lambda r: r.url.endswith("/jobs?limit=100")):
+        route.fulfill(response=stale)
+    page.wait_for_timeout(300)  # the answer's JSON is parsed and handled after it finishes
+    expect(row.locator(".status")).to_have_text("cancelled")

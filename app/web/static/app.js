@@ -142,6 +142,17 @@ function debounce(fn, ms) {
   return call;
 }
 
+// The answer to GET path, or null when a later latest(path) was sent before it came back:
+// answers can overtake one another, and an older one would paint a state that is no longer
+// true (with no later event to repaint it).
+const sentLoads = new Map(); // path -> number of the newest load sent
+async function latest(path) {
+  const sent = (sentLoads.get(path) ?? 0) + 1;
+  sentLoads.set(path, sent);
+  const answer = await api(path);
+  return sentLoads.get(path) === sent ? answer : null;
+}
+
 // Runs the board's background loads: a 401 has already logged out (api() did), anything
 // else is left for the next refresh; neither may surface as an uncaught error.
 function inBackground(...loads) {
@@ -224,7 +235,8 @@ function openBoard() {
 }
 
 async function loadJobs() {
-  const page = await api("/jobs?limit=100");
+  const page = await latest("/jobs?limit=100");
+  if (!page) return;
   const rows = page.items.map((job) => {
     const link = el("a", { href: `#/jobs/${job.id}` }, `#${job.id}`);
     const held = job.gpu_indices.length ? `${job.host}: ${job.gpu_indices.join(",")}` : "–";
@@ -268,7 +280,8 @@ async function loadModels() {
 }
 
 async function loadGpus() {
-  const hosts = await api("/gpus");
+  const hosts = await latest("/gpus");
+  if (!hosts) return;
   const boards = hosts.map((host) => {
     const gpus = host.gpus.map((gpu) => {
       let holder = "free";
@@ -300,7 +313,8 @@ async function loadGpus() {
 }
 
 async function loadUsage() {
-  const users = await api("/usage");
+  const users = await latest("/usage");
+  if (!users) return;
   $("#usage tbody").replaceChildren(
     ...users.map((u) =>
       el(
@@ -359,18 +373,16 @@ function openJob(jobId) {
   // reload was sent, is dropped: it would repaint the card, and its cancel button, with a
   // job that is no longer shown or a status that is no longer true.
   let closed = false;
-  let reloads = 0;
   const redraw = () => drawCharts(epochs, job ? job.spec.epochs : 1);
   const reload = async () => {
-    const sent = ++reloads;
     let answer;
     try {
-      answer = await api(`/jobs/${jobId}`);
+      answer = await latest(`/jobs/${jobId}`);
     } catch (error) {
-      if (!closed && sent === reloads) $("#job-error").textContent = error.message;
+      if (!closed) $("#job-error").textContent = error.message;
       return;
     }
-    if (closed || sent !== reloads) return;
+    if (closed || !answer) return;
     job = answer;
     showCard(job);
     redraw();
