@@ -163,7 +163,11 @@ def _events(
 ) -> list[tuple[int, str, dict[str, Any]]]:
     return [
         # The feed of every job says which job each change is of.
-        (event.id, event.kind, event.data if job_id else {"job_id": event.job_id, **event.data})
+        (
+            int(event.position or 0),  # never null once committed, and only those are read
+            event.kind,
+            event.data if job_id else {"job_id": event.job_id, **event.data},
+        )
         for event in events.after(session, job_id, after, logs=logs)
     ]
 

@@ -1,6 +1,7 @@
 """A job's event history (job_events), written in the same transaction as what it reports:
 `status` by app/core/lifecycle.py at each transition, `epoch` and `log` by a run's writes
-(worker/runs.py). Read in id order by the event streams (app/api/events.py)."""
+(worker/runs.py). Read in `position` order (the order they committed in) by the event
+streams (app/api/events.py), which send the position as the event's id."""
 
 from __future__ import annotations
 
@@ -38,45 +39,52 @@ def log(session: Session, job_id: int, attempt: int, lines: list[str]) -> None:
 
 def drop_log_lines(session: Session, job_id: int, kept: int) -> None:
     """The job keeps only its last `kept` log lines: drop its oldest log events (whole ones)
-    while the rest still hold all `kept`, and remember the newest id dropped (a stream that
-    resumes before it would miss lines: 410)."""
+    while the rest still hold all `kept`, and remember the newest position dropped (a stream
+    that resumes before it would miss lines: 410). A job's log events are written one batch
+    at a time (each under its row lock), so their ids are in the order they committed in."""
     rows = session.execute(
-        select(JobEvent.id, JobEvent.line_count)
+        select(JobEvent.id, JobEvent.position, JobEvent.line_count)
         .where(JobEvent.job_id == job_id, JobEvent.kind == "log")
         .order_by(JobEvent.id)
     ).all()
-    held = sum(count for _, count in rows)
-    newest = 0
-    for event_id, count in rows:
+    held = sum(count for _, _, count in rows)
+    newest_id = newest_position = 0
+    for event_id, position, count in rows:
         if held - count < kept:
             break
         held -= count
-        newest = event_id
-    if newest:
+        newest_id, newest_position = event_id, max(newest_position, position or 0)
+    if newest_id:
         session.execute(
             delete(JobEvent).where(
-                JobEvent.job_id == job_id, JobEvent.kind == "log", JobEvent.id <= newest
+                JobEvent.job_id == job_id, JobEvent.kind == "log", JobEvent.id <= newest_id
             )
         )
-        session.execute(update(Job).where(Job.id == job_id).values(events_dropped_upto=newest))
+        session.execute(
+            update(Job).where(Job.id == job_id).values(events_dropped_upto=newest_position)
+        )
 
 
 def after(
     session: Session, job_id: int | None, after_id: int, limit: int = 500, logs: bool = True
 ) -> list[JobEvent]:
-    """Events with ids above `after_id`, oldest first: of one job (without its log lines
-    unless `logs`), or (None) status changes of every job."""
-    query = select(JobEvent).where(JobEvent.id > after_id)
+    """Events with positions above `after_id`, oldest first: of one job (without its log
+    lines unless `logs`), or (None) status changes of every job."""
+    query = select(JobEvent).where(JobEvent.position > after_id)
     query = (
         query.where(JobEvent.job_id == job_id) if job_id else query.where(JobEvent.kind == "status")
     )
     if not logs:  # left out here, not after the limit: a page of logs would hide the rest
         query = query.where(JobEvent.kind != "log")
-    return list(session.scalars(query.order_by(JobEvent.id).limit(limit)))
+    # populate_existing: a session that wrote an event holds it with no position yet (the
+    # database sets it at commit); the row read here replaces that stale copy.
+    query = query.order_by(JobEvent.position).limit(limit).execution_options(populate_existing=True)
+    return list(session.scalars(query))
 
 
 def newest_id(session: Session) -> int:
-    return int(session.scalar(select(func.max(JobEvent.id))) or 0)
+    """The newest event's position: a stream that starts now sends what comes after it."""
+    return int(session.scalar(select(func.max(JobEvent.position))) or 0)
 
 
 def is_terminal(data: dict[str, Any]) -> bool:

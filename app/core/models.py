@@ -207,12 +207,15 @@ class LogLine(Base):
 
 class JobEvent(Base):
     """What happened to a job, in order: `status` (each transition), `epoch` (a stored
-    record), `log` (a batch of trainer lines). The id orders a job's events and is what a
-    stream resumes after (Last-Event-ID); log events go when their lines are dropped."""
+    record), `log` (a batch of trainer lines). `position` orders the events as they became
+    visible and is what a stream sends as the event's id and resumes after (Last-Event-ID);
+    log events go when their lines are dropped."""
 
     __tablename__ = "job_events"
     __table_args__ = (
         Index("ix_job_events_job_id_id", "job_id", "id"),
+        Index("ix_job_events_position", "position", unique=True),
+        Index("ix_job_events_job_id_position", "job_id", "position"),
         {"sqlite_autoincrement": True},
     )
 
@@ -226,6 +229,10 @@ class JobEvent(Base):
     # reading the lines themselves.
     line_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Set by the database when the inserting transaction commits (migration 0016's trigger),
+    # in commit order; null only inside that transaction. The id is in insert order, which on
+    # PostgreSQL need not be the order in which concurrent transactions commit.
+    position: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class Artifact(Base):

@@ -320,3 +320,35 @@ def test_a_follower_who_may_not_read_the_log_is_not_held_up_by_a_long_one(db: Pa
     assert batch.final is None  # its status goes first
     assert [kind for _, kind, _ in batch.events] == ["status", "status", "epoch", "status"]
     assert batch.events[-1][2]["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_event_committed_after_a_later_inserted_one_is_still_sent(db: Path) -> None:
+    """On PostgreSQL an event's row is numbered when inserted, but two transactions may
+    commit in the other order. A follower that had read the second one must still get the
+    first when it commits: before events were ordered by commit, the feed skipped it (a
+    script waiting for that job's status change waited forever)."""
+    from app.api.events import _read
+    from app.core import events
+    from app.core.models import Job
+    from app.core.users import create_user
+
+    with get_session_factory()() as session:
+        owner = create_user(session, "dave")[0]
+        slow_job, quick_job = (
+            Job(status=JobStatus.queued, spec={}, owner_id=owner.id) for _ in "ab"
+        )
+        session.add_all([slow_job, quick_job])
+        session.commit()
+        seen = events.newest_id(session)
+
+    with get_session_factory()() as slow, get_session_factory()() as quick:
+        events.status(slow, slow_job.id, JobStatus.cancelled, reason="slow")
+        slow.flush()  # inserted first, committed last
+        events.status(quick, quick_job.id, JobStatus.cancelled, reason="quick")
+        quick.commit()
+        first = _read(None, seen, logs=False)
+        assert [data["job_id"] for _, _, data in first.events] == [quick_job.id]
+        slow.commit()
+    second = _read(None, first.events[-1][0], logs=False)
+    assert [data["job_id"] for _, _, data in second.events] == [slow_job.id]
