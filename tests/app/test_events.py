@@ -252,18 +252,25 @@ def test_a_hundred_streams_opening_at_once_all_open_and_others_are_served(
     assert took < 5
 
 
-def running_job() -> tuple[int, int]:
-    """A job placed and claimed as a worker does: (its id, the run's attempt)."""
+def queued_jobs(owner: str, count: int) -> list[int]:
+    """Ids of `count` queued one-GPU jobs of a new user `owner`."""
     from app.core.models import Job
     from app.core.users import create_user
 
-    register_test_host()
     with get_session_factory()() as session:
-        owner = create_user(session, "carol")[0]
-        job = Job(status=JobStatus.queued, spec={"gpus": 1}, owner_id=owner.id)
-        session.add(job)
+        owner_id = create_user(session, owner)[0].id
+        jobs = [
+            Job(status=JobStatus.queued, spec={"gpus": 1}, owner_id=owner_id) for _ in range(count)
+        ]
+        session.add_all(jobs)
         session.commit()
-        job_id = job.id
+        return [job.id for job in jobs]
+
+
+def running_job() -> tuple[int, int]:
+    """A job placed and claimed as a worker does: (its id, the run's attempt)."""
+    register_test_host()
+    [job_id] = queued_jobs("carol", 1)
     return job_id, place_and_claim(job_id)
 
 
@@ -330,25 +337,18 @@ def test_an_event_committed_after_a_later_inserted_one_is_still_sent(db: Path) -
     script waiting for that job's status change waited forever)."""
     from app.api.events import _read
     from app.core import events
-    from app.core.models import Job
-    from app.core.users import create_user
 
+    slow_job, quick_job = queued_jobs("dave", 2)
     with get_session_factory()() as session:
-        owner = create_user(session, "dave")[0]
-        slow_job, quick_job = (
-            Job(status=JobStatus.queued, spec={}, owner_id=owner.id) for _ in "ab"
-        )
-        session.add_all([slow_job, quick_job])
-        session.commit()
         seen = events.newest_id(session)
 
     with get_session_factory()() as slow, get_session_factory()() as quick:
-        events.status(slow, slow_job.id, JobStatus.cancelled, reason="slow")
+        events.status(slow, slow_job, JobStatus.cancelled, reason="slow")
         slow.flush()  # inserted first, committed last
-        events.status(quick, quick_job.id, JobStatus.cancelled, reason="quick")
+        events.status(quick, quick_job, JobStatus.cancelled, reason="quick")
         quick.commit()
         first = _read(None, seen, logs=False)
-        assert [data["job_id"] for _, _, data in first.events] == [quick_job.id]
+        assert [data["job_id"] for _, _, data in first.events] == [quick_job]
         slow.commit()
     second = _read(None, first.events[-1][0], logs=False)
-    assert [data["job_id"] for _, _, data in second.events] == [slow_job.id]
+    assert [data["job_id"] for _, _, data in second.events] == [slow_job]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +266,22 @@ def test_logging_out_leaves_no_request_behind(
     assert [(url, auth) for url, auth in sent if auth != f"Bearer {tokens['alice']}"] == []
 
 
+def wait_until_held(page: Any, held: list[Any], failure: str) -> None:
+    """Until a route handler has held back a request (handlers run while the page waits)."""
+    for _ in range(200):
+        if held:
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError(failure)
+
+
+def deliver(page: Any, url_end: str, release: Callable[[], None]) -> None:
+    """Lets a held-back request of `url_end` finish, then gives the page time to handle it."""
+    with page.expect_event("requestfinished", lambda r: r.url.endswith(url_end)):
+        release()
+    page.wait_for_timeout(300)  # the answer's JSON is parsed and handled after it finishes
+
+
 def test_a_late_answer_for_the_previous_job_leaves_the_new_job_page_alone(
     page: Any, base_url: str, tokens: dict[str, str]
 ) -> None:
@@ -292,19 +308,13 @@ def test_a_late_answer_for_the_previous_job_leaves_the_new_job_page_alone(
 
     page.route(f"**/jobs/{first}", hold)
     httpx.post(f"{base_url}/jobs/{first}/cancel", headers=alice).raise_for_status()
-    for _ in range(200):
-        if held:
-            break
-        page.wait_for_timeout(50)
-    assert held, "the first job's page did not reload on its status event"
+    wait_until_held(page, held, "the first job's page did not reload on its status event")
 
     page.goto(f"/#/jobs/{second}")
     expect(page.locator("#job-title")).to_have_text(f"Job #{second} — second")
     expect(page.locator("#cancel")).to_be_visible()
     for route in held:
-        with page.expect_event("requestfinished", lambda r: r.url.endswith(f"/jobs/{first}")):
-            route.continue_()
-    page.wait_for_timeout(300)  # the answer's JSON is parsed and handled after it finishes
+        deliver(page, f"/jobs/{first}", route.continue_)
     expect(page.locator("#job-title")).to_have_text(f"Job #{second} — second")
     expect(page.locator("#job-card [data-field='status']")).to_have_text("queued")
     expect(page.locator("#cancel")).to_have_attribute("data-job-id", str(second))
@@ -333,11 +343,7 @@ def test_an_overtaken_answer_does_not_repaint_the_board(
 
     page.route("**/jobs?limit=100", hold_first)
     log_in(page, tokens["alice"])
-    for _ in range(200):
-        if held:
-            break
-        page.wait_for_timeout(50)
-    assert held, "the board did not load its jobs"
+    wait_until_held(page, held, "the board did not load its jobs")
 
     # The job is cancelled; the feed's event makes the board reload, and that answer shows it.
     httpx.post(f"{base_url}/jobs/{job_id}/cancel", headers=alice).raise_for_status()
@@ -345,7 +351,5 @@ def test_an_overtaken_answer_does_not_repaint_the_board(
     expect(row.locator(".status")).to_have_text("cancelled")
 
     route, stale = held[0]
-    with page.expect_event("requestfinished", lambda r: r.url.endswith("/jobs?limit=100")):
-        route.fulfill(response=stale)
-    page.wait_for_timeout(300)  # the answer's JSON is parsed and handled after it finishes
+    deliver(page, "/jobs?limit=100", lambda: route.fulfill(response=stale))
     expect(row.locator(".status")).to_have_text("cancelled")
