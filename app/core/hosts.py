@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload
 
 from app.core.config import Settings
 from app.core.lifecycle import active_leases
@@ -16,9 +16,9 @@ from app.core.models import Gpu, Host, Job
 def live_hosts(session: Session, settings: Settings, now: datetime) -> list[Host]:
     """Hosts whose worker reported within the host timeout."""
     cutoff = now - timedelta(seconds=settings.host_timeout_seconds)
-    # Their GPUs in the same round trip: every caller counts or walks them.
+    # Their GPUs in the same query (a join): every caller counts or walks them.
     live = select(Host).where(Host.last_heartbeat >= cutoff).order_by(Host.name)
-    return list(session.scalars(live.options(selectinload(Host.gpus))))
+    return list(session.scalars(live.options(joinedload(Host.gpus))).unique())
 
 
 def all_hosts(session: Session) -> list[Host]:
@@ -52,10 +52,16 @@ def too_few_live_gpus(session: Session, settings: Settings, now: datetime, need:
     return None if largest is None else _too_few(largest[0], largest[1], need)
 
 
+def needs_gpus(need: int | str) -> str:
+    """How each reason a GPU job waits for a host begins; the rest depends on the hosts.
+    (The scheduler writes it in SQL too, with the job's GPUs for `need`.)"""
+    return f"needs {need} GPUs on one host; "
+
+
 def _too_few(name: str, gpus: int, need: int) -> str | None:
     if gpus >= need:
         return None
-    return f"needs {need} GPUs on one host; the largest host {name} has {gpus}"
+    return f"{needs_gpus(need)}the largest host {name} has {gpus}"
 
 
 GpuState = Literal["free", "leased", "foreign"]

@@ -5,33 +5,57 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sqlalchemy import UnaryExpression, func, select
+from sqlalchemy import ColumnElement, UnaryExpression, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from app.core.models import ACTIVE_STATUSES, Epoch, Job, JobStatus, User
+from app.core.models import ACTIVE_STATUSES, QUEUED_ON_CPU, Epoch, Job, JobStatus, User
 
 # The order in which queued jobs are considered for a placement: priority, then submission.
 QUEUE_ORDER: tuple[UnaryExpression[int], ...] = (Job.priority.desc(), Job.id.asc())
+
+
+# A place in the queue order, as a tuple that sorts the same way: (-priority, id).
+QueueKey = tuple[int, int]
 
 
 class QueuedJob(NamedTuple):
     """What a scheduling pass needs of a queued job."""
 
     id: int
+    priority: int
+    attempt: int  # its last run's (placing it leases GPUs to the next)
     owner_id: int | None
     gpus: int
     waiting_reason: str | None
 
+    @property
+    def key(self) -> QueueKey:
+        return (-self.priority, self.id)
 
-def queued_in_order(session: Session) -> list[QueuedJob]:
-    """Jobs waiting for a placement, in QUEUE_ORDER. A pass reads the whole queue every
-    second: four columns, not thousands of full rows and their JSON specs (which were most of
-    a pass's time at 10,000 queued)."""
-    rows = session.execute(
-        select(Job.id, Job.owner_id, Job.gpus, Job.waiting_reason)
-        .where(Job.status == JobStatus.queued)
-        .order_by(*QUEUE_ORDER)
-    )
+
+def after_in_queue(key: QueueKey) -> ColumnElement[bool]:
+    """Jobs that come after the place `key` in QUEUE_ORDER (whether or not a job is there)."""
+    priority, job_id = -key[0], key[1]
+    return (Job.priority < priority) | ((Job.priority == priority) & (Job.id > job_id))
+
+
+def queued_in_order(
+    session: Session,
+    *,
+    after: QueueKey | None = None,
+    limit: int | None = None,
+    on_cpu_only: bool = False,
+) -> list[QueuedJob]:
+    """Jobs waiting for a placement in QUEUE_ORDER, from after `after`, at most `limit`:
+    six small columns, not full rows and their JSON specs (which were most of a pass's time
+    at 10,000 queued). `on_cpu_only` keeps the jobs with gpus 0 (ix_jobs_queued_on_cpu)."""
+    columns = (Job.id, Job.priority, Job.attempt, Job.owner_id, Job.gpus, Job.waiting_reason)
+    query = select(*columns).where(Job.status == JobStatus.queued)
+    if after is not None:
+        query = query.where(after_in_queue(after))
+    if on_cpu_only:
+        query = query.where(QUEUED_ON_CPU)
+    rows = session.execute(query.order_by(*QUEUE_ORDER).limit(limit))
     return [QueuedJob(*row) for row in rows]
 
 

@@ -157,27 +157,28 @@ def submit(
 
 
 def place(
-    session: Session, job: Job, host: str, gpu_indices: tuple[int, ...], now: datetime
+    session: Session,
+    job_id: int,
+    attempt: int,
+    host: str,
+    gpu_indices: tuple[int, ...],
+    now: datetime,
 ) -> bool:
-    """queued -> placed on `host`, leasing `gpu_indices` to the attempt its claim will start.
-    False when a racing pass placed it first (nothing written then)."""
+    """queued -> placed on `host`, leasing `gpu_indices` to the attempt its claim will start
+    (the one after `attempt`, the job's last). False when a racing pass placed it first
+    (nothing written then)."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job.id, Job.status == JobStatus.queued)
+        .where(Job.id == job_id, Job.status == JobStatus.queued)
         .values(status=JobStatus.placed, host=host, placed_at=now, waiting_reason=None)
     )
     if rows_changed(result) != 1:
         return False
     events.status(
-        session,
-        job.id,
-        JobStatus.placed,
-        host=host,
-        gpus=list(gpu_indices),
-        attempt=job.attempt + 1,
+        session, job_id, JobStatus.placed, host=host, gpus=list(gpu_indices), attempt=attempt + 1
     )
     for index in gpu_indices:
-        session.add(GpuLease(job_id=job.id, attempt=job.attempt + 1, host=host, gpu_index=index))
+        session.add(GpuLease(job_id=job_id, attempt=attempt + 1, host=host, gpu_index=index))
     return True
 
 

@@ -165,6 +165,18 @@ class Job(Base):
 # read off (status, priority DESC, id) by the scheduler and the queue positions.
 Index("ix_jobs_status_id", Job.status, Job.id)
 Index("ix_jobs_queue_order", Job.status, Job.priority.desc(), Job.id)
+# The queued jobs that train on the CPU, in queue order (migration 0017): a scheduling pass
+# that has read the front of the queue looks for the first of them further back, for a free
+# CPU slot, without walking thousands of GPU jobs. The predicate is literal SQL, here and in
+# the query (app/core/jobs.py), so that the planner matches it in a prepared statement too.
+QUEUED_ON_CPU = text("status = 'queued' AND gpus = 0")
+Index(
+    "ix_jobs_queued_on_cpu",
+    Job.priority.desc(),
+    Job.id,
+    sqlite_where=QUEUED_ON_CPU,
+    postgresql_where=QUEUED_ON_CPU,
+)
 
 
 class Epoch(Base):

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from app.core import lifecycle
 from app.core.config import get_settings
-from app.core.db import get_session_factory
+from app.core.db import get_engine, get_session_factory
 from app.core.models import Gpu, GpuLease, Host, Job, JobStatus, utcnow
 from app.core.users import create_user
 from tests.conftest import register_test_host
@@ -28,7 +29,7 @@ def owners(db: Path) -> dict[str, int]:
         return {name: create_user(session, name)[0].id for name in ("alice", "bob")}
 
 
-def submit(owner: int, gpus: int, priority: int = 0) -> int:
+def submit(owner: int | None, gpus: int, priority: int = 0) -> int:
     with get_session_factory()() as session:
         job = Job(status=JobStatus.queued, spec={"gpus": gpus}, owner_id=owner, priority=priority)
         session.add(job)
@@ -252,11 +253,14 @@ def test_foreign_gpus_make_a_job_wait_without_holding_the_host(owners: dict[str,
     )
 
 
+@pytest.mark.parametrize("first_read", [2, scheduler.FIRST_READ])
 def test_a_long_queue_gets_its_reasons_front_first_over_a_few_passes(
-    owners: dict[str, int], monkeypatch: pytest.MonkeyPatch
+    owners: dict[str, int], monkeypatch: pytest.MonkeyPatch, first_read: int
 ) -> None:
     """A pass writes a bounded number of waiting reasons (it holds the scheduler's lock
-    meanwhile); the passes after it write the rest, the front of the queue first."""
+    meanwhile); the passes after it write the rest, the front of the queue first. Whether
+    the pass read those jobs (first_read) or left the database to find them."""
+    monkeypatch.setattr(scheduler, "FIRST_READ", first_read)
     monkeypatch.setattr(scheduler, "REASONS_PER_PASS", 3)
     monkeypatch.setattr(scheduler, "_last_swept", None)
     register_test_host(gpus=1)
@@ -270,12 +274,14 @@ def test_a_long_queue_gets_its_reasons_front_first_over_a_few_passes(
     assert [job(job_id).waiting_reason for job_id in waiting] == [full] + [held] * 4
 
 
+@pytest.mark.parametrize("first_read", [2, scheduler.FIRST_READ])
 def test_reasons_far_back_are_rewritten_while_the_front_keeps_changing(
-    owners: dict[str, int], monkeypatch: pytest.MonkeyPatch
+    owners: dict[str, int], monkeypatch: pytest.MonkeyPatch, first_read: int
 ) -> None:
     """Each placement changes every reason behind it ("held for job N"); a pass that wrote
     only the front of the queue would leave the back's reasons unwritten for as long as
     jobs keep starting."""
+    monkeypatch.setattr(scheduler, "FIRST_READ", first_read)
     monkeypatch.setattr(scheduler, "REASONS_PER_PASS", 4)
     monkeypatch.setattr(scheduler, "_last_swept", None)
     register_test_host(gpus=1)
@@ -286,3 +292,101 @@ def test_reasons_far_back_are_rewritten_while_the_front_keeps_changing(
         start_and_finish(started)
     unwritten = [job_id for job_id in queue[4:] if job(job_id).waiting_reason is None]
     assert unwritten == []
+
+
+def what_a_pass_would_do(first_read: int) -> tuple[dict[int, tuple[int, ...]], dict[int, Any]]:
+    """A pass reading `first_read` jobs before it leaves the rest to the database, with every
+    changed reason written, rolled back: its placements, and each job's status and reason."""
+    engine = get_engine()
+    with engine.connect() as connection:
+        outer = connection.begin()
+        if engine.dialect.name == "sqlite":  # pysqlite leaves BEGIN to the first write
+            connection.exec_driver_sql("BEGIN")
+        with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+            scheduler._last_swept = None
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(scheduler, "FIRST_READ", first_read)
+                patch.setattr(scheduler, "REASONS_PER_PASS", 10_000)
+                placed = schedule(
+                    session, get_settings().model_copy(update={"max_gpus_per_user": 5})
+                )
+            rows = session.execute(select(Job.id, Job.status, Job.host, Job.waiting_reason))
+            jobs = {job_id: (status, host, why) for job_id, status, host, why in rows}
+        outer.rollback()
+    return {p.job_id: p.gpu_indices for p in placed}, jobs
+
+
+def queue_reads(first_read: int) -> list[str]:
+    """The statements of such a pass that read queued jobs with no LIMIT."""
+    issued: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "ORDER BY jobs.priority DESC" in statement and "LIMIT" not in statement:
+            issued.append(statement)
+
+    event.listen(get_engine(), "before_cursor_execute", record)
+    try:
+        what_a_pass_would_do(first_read)
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", record)
+    return issued
+
+
+def test_a_pass_that_reads_only_the_front_of_the_queue_decides_as_one_that_reads_it_all(
+    owners: dict[str, int],
+) -> None:
+    """Past the jobs a pass reads (3 here), the database finds the changed reasons (by GPU
+    size, GPU quota of an owner or of no owner, CPU slots, GPUs in foreign hands) and the
+    CPU jobs that can start: the same placements and reasons as a pass that reads every
+    job, state after state."""
+    alice, bob = owners["alice"], owners["bob"]
+    register_test_host("big", gpus=4)
+    register_test_host("small", gpus=2)
+    urgent = submit(None, 2, priority=5)  # considered first: fits the small host best
+    big, held_for = submit(alice, 4), submit(None, 1)  # then the big one; both are full
+    waiting = {  # further back, what each waits for
+        submit(bob, 1): "needs 1 GPUs on one host; host small has 0 free and is held for job "
+        f"{held_for}, queued earlier",
+        submit(alice, 2): "owner's GPU quota: holds 4 of 5, this job needs 2",
+        (cpu := submit(bob, 0)): None,  # placed: each host has a free CPU slot
+        submit(bob, 6): "owner's GPU quota: holds 0 of 5, this job needs 6",
+        (cpu_2 := submit(bob, 0)): None,
+        (cpu_3 := submit(bob, 0)): "waits for a CPU slot",
+        submit(None, 5): "owner's GPU quota: holds 2 of 5, this job needs 5",
+        submit(bob, 3): "needs 3 GPUs on one host; host big has 0 free and is held for job "
+        f"{held_for}, queued earlier",
+        submit(bob, 5): "needs 5 GPUs on one host; the largest host big has 4",
+        (four := submit(bob, 4)): "needs 4 GPUs on one host; host big has 0 free and is held "
+        f"for job {held_for}, queued earlier",
+        (cpu_4 := submit(bob, 0)): "waits for a CPU slot",
+    }
+    partial, full = what_a_pass_would_do(first_read=3), what_a_pass_would_do(10_000)
+    assert partial == full
+    assert queue_reads(first_read=3) == []  # it did leave the rest to the database
+    placed, jobs = full
+    assert placed == {urgent: (0, 1), big: (0, 1, 2, 3), cpu: (), cpu_2: ()}
+    assert {job_id: jobs[job_id][2] for job_id in waiting} == waiting
+    # The next state: the passes have written those reasons; a CPU slot far back frees up.
+    run_pass(max_gpus_per_user=5)
+    start_and_finish(cpu, host="big")
+    partial, full = what_a_pass_would_do(first_read=3), what_a_pass_would_do(10_000)
+    assert partial == full
+    assert queue_reads(first_read=3) == []
+    placed, jobs = full
+    assert placed == {cpu_3: ()}
+    assert jobs[cpu_4][2] == "waits for a CPU slot"
+    # Then a process Trainyard did not start takes a GPU of the big host.
+    run_pass(max_gpus_per_user=5)
+    with get_session_factory()() as session:
+        session.execute(
+            update(Gpu).where(Gpu.host == "big", Gpu.index == 3).values(foreign_pids=[4242])
+        )
+        session.commit()
+    partial, full = what_a_pass_would_do(first_read=3), what_a_pass_would_do(10_000)
+    assert partial == full
+    assert queue_reads(first_read=3) == []
+    placed, jobs = full
+    assert placed == {}
+    assert jobs[four][2] == (
+        "needs 4 GPUs on one host; host big has 1 of 4 busy with processes Trainyard did not start"
+    )
