@@ -29,6 +29,7 @@ def test_the_api_scale_bench_runs_and_reports_every_figure(tmp_path: Path) -> No
     # pass is the one that places what fits (the bench host's 4 GPUs).
     assert figures["schedule_pass_ms"]["queued"] == 20
     assert figures["schedule_pass_ms"]["placed"] > 0
+    assert figures["schedule_pass_ms"]["quiet_p50"] > 0
     assert figures["log_tail_ms"]["n"] == 3
     judged = {(t["backend"], t["figure"]) for t in report["targets"]}
     assert ("sqlite", "get_job_ms.p99") in judged
