@@ -29,11 +29,16 @@ def status_of(i: int) -> JobStatus:
 
 @pytest.fixture
 def many_jobs(configure: Configure, postgres_url: str) -> None:
-    """JOBS jobs, nearly all ended, a tenth queued, one in a hundred running; analyzed (and
-    vacuumed, as autovacuum would have done to a table this old)."""
+    """JOBS jobs, nearly all ended, a tenth queued, one in a hundred running, one in fifty of
+    the queued ones on the CPU; analyzed (and vacuumed, as autovacuum would have done to a
+    table this old)."""
     configure(database_url=postgres_url)
     spec = {"dataset": "cifar10", "gpus": 1, "epochs": 70, "lr": 0.005, "batch_size": 64}
-    rows = [{"status": status_of(i), "spec": spec, "priority": i % 3} for i in range(JOBS)]
+    rows = [
+        {"status": status_of(i), "spec": {**spec, "gpus": gpus}, "gpus": gpus, "priority": i % 3}
+        for i in range(JOBS)
+        for gpus in [0 if i % 500 == 0 else 1]
+    ]
     with get_session_factory()() as session:
         session.execute(insert(Job), rows)
         session.commit()
@@ -109,3 +114,21 @@ def test_job_pages_and_queue_positions_are_read_off_indexes() -> None:
         ]
         assert not [node for node in plan if node["Node Type"] == "Sort"], kinds(plan)
         assert "Seq Scan on jobs" not in kinds(plan), kinds(plan)
+
+
+@pytest.mark.usefixtures("many_jobs")
+def test_a_scheduling_pass_finds_cpu_jobs_further_back_off_their_partial_index() -> None:
+    """Past the front of the queue, a scheduling pass looks for the next queued CPU jobs for
+    free CPU slots (worker/scheduler.py): read off ix_jobs_queued_on_cpu, whose predicate the
+    planner must match, not by walking every queued job (49 in 50 of them need GPUs)."""
+    with get_session_factory()() as session:
+        front = job_queries.queued_in_order(session, limit=5)
+
+    def further_back(session: Session) -> None:
+        job_queries.queued_in_order(session, after=front[-1].key, limit=2, on_cpu_only=True)
+
+    ((_, plan),) = list(plans_of(further_back))
+    used = [node.get("Index Name") for node in nodes(plan)]
+    # (It may sort what it read there: the queued CPU jobs alone, a few.)
+    assert "ix_jobs_queued_on_cpu" in used, kinds(list(nodes(plan)))
+    assert "Seq Scan on jobs" not in kinds(list(nodes(plan)))
