@@ -190,15 +190,18 @@ class _Pass:
     def place_cpu_jobs_after(self, frontier: QueueKey) -> None:
         """Once settled, only CPU jobs further back can still start (they compete for CPU
         slots alone): as many as there are open slots, in queue order."""
-        open_slots = sum(max(0, h.cpu_slots - self.cpu_busy.get(h.name, 0)) for h in self.hosts)
-        if not open_slots:
-            return
-        for job in queued_in_order(
-            self.session, after=frontier, limit=open_slots, on_cpu_only=True
+        after = frontier
+        while open_slots := sum(
+            max(0, h.cpu_slots - self.cpu_busy.get(h.name, 0)) for h in self.hosts
         ):
-            outcome = self._place_cpu_job(job)
-            if isinstance(outcome, Placement):
-                self.placements.append(outcome)
+            found = queued_in_order(self.session, after=after, limit=open_slots, on_cpu_only=True)
+            for job in found:
+                outcome = self._place_cpu_job(job)  # None: cancelled or placed meanwhile
+                if isinstance(outcome, Placement):
+                    self.placements.append(outcome)
+            if len(found) < open_slots:
+                return
+            after = found[-1].key
 
     def reasons_to_write(self, frontier: QueueKey | None) -> dict[str, list[int]]:
         """New reason -> its jobs, at most REASONS_PER_PASS: the first ones in the queue, and
@@ -277,6 +280,8 @@ class _Pass:
                 pieces.append(literal(before) + cast(Job.gpus, String) + text_after)
             else:  # no worker host is up
                 pieces.append(literal(why))
+        if not steps:  # no host with a GPU (or none up): one reason for every size
+            return pieces[-1]
         return case(
             *((Job.gpus <= step, piece) for step, piece in zip(steps, pieces, strict=False)),
             else_=pieces[-1],

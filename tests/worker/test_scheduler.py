@@ -303,8 +303,8 @@ def what_a_pass_would_do(first_read: int) -> tuple[dict[int, tuple[int, ...]], d
         if engine.dialect.name == "sqlite":  # pysqlite leaves BEGIN to the first write
             connection.exec_driver_sql("BEGIN")
         with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
-            scheduler._last_swept = None
             with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(scheduler, "_last_swept", None)
                 patch.setattr(scheduler, "FIRST_READ", first_read)
                 patch.setattr(scheduler, "REASONS_PER_PASS", 10_000)
                 placed = schedule(
@@ -390,3 +390,49 @@ def test_a_pass_that_reads_only_the_front_of_the_queue_decides_as_one_that_reads
     assert jobs[four][2] == (
         "needs 4 GPUs on one host; host big has 1 of 4 busy with processes Trainyard did not start"
     )
+
+
+def test_with_no_gpu_host_up_a_pass_that_reads_the_front_decides_as_one_that_reads_all(
+    owners: dict[str, int],
+) -> None:
+    """No host up, then only a host without GPUs: every GPU job waits for the same reason
+    (in SQL, a CASE with no size steps), and CPU jobs further back take the CPU slot."""
+    bob = owners["bob"]
+    queue = [submit(bob, 1), submit(bob, 2), submit(bob, 0), submit(bob, 4), submit(bob, 0)]
+    for host in (None, "cpu-box"):
+        if host is not None:
+            register_test_host(host, gpus=0)
+        partial, full = what_a_pass_would_do(first_read=2), what_a_pass_would_do(10_000)
+        assert partial == full
+        assert queue_reads(first_read=2) == []
+    placed, jobs = full
+    assert placed == {queue[2]: ()}
+    assert jobs[queue[3]][2] == "needs 4 GPUs on one host; the largest host cpu-box has 0"
+    assert jobs[queue[4]][2] == "waits for a CPU slot"
+
+
+def test_a_front_that_does_not_settle_makes_the_pass_read_the_rest(
+    owners: dict[str, int],
+) -> None:
+    """The small host is held for nobody after the front (two 4-GPU jobs that only the big
+    host fits) and a job further back fits it: the pass reads on, and places it. With only
+    jobs too large for it further back, the front settles and the rest is left to the
+    database."""
+    alice, bob = owners["alice"], owners["bob"]  # each under the GPU quota of 5
+    register_test_host("big", gpus=4)
+    register_test_host("small", gpus=2)
+    front = [submit(alice, 4), submit(bob, 4)]
+    too_large = [submit(bob, 3), submit(bob, 4)]
+    partial, full = what_a_pass_would_do(first_read=2), what_a_pass_would_do(10_000)
+    assert partial == full
+    assert queue_reads(first_read=2) == []  # settled: the small host fits no queued job
+    assert full[0] == {front[0]: (0, 1, 2, 3)}
+    assert full[1][too_large[0]][2] == (
+        f"needs 3 GPUs on one host; host big has 0 free and is held for job {front[1]}, "
+        "queued earlier"
+    )
+    fits_small = submit(bob, 1)
+    partial, full = what_a_pass_would_do(first_read=2), what_a_pass_would_do(10_000)
+    assert partial == full
+    assert queue_reads(first_read=2) != []  # it read the rest of the queue
+    assert full[0] == {front[0]: (0, 1, 2, 3), fits_small: (0,)}
