@@ -124,8 +124,11 @@ def test_api_restarts_lose_no_job(tmp_path: Path) -> None:
             50,
             lambda: f"every job to end: {db.statuses()}\n{running.logs()}",
         )
-        # Exactly the accepted jobs exist (none lost, none created twice by a retry).
-        jobs = check_invariants(db, {i: "succeeded" for i in ids}, [data_dir], client)
+        # Exactly the accepted jobs exist (none lost, none created twice by a retry). Read
+        # over a new connection: the submitter's may have idled into the server's keep-alive
+        # timeout, and a request sent as the server closes it gets no answer.
+        with api_client(base_url, token) as reader:
+            jobs = check_invariants(db, {i: "succeeded" for i in ids}, [data_dir], reader)
     keys = {job.idempotency_key: job.id for job in jobs.values()}
     assert keys == submitter.accepted
     assert submitter.retries > 0  # the script did meet the API down

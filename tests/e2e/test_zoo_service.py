@@ -68,10 +68,14 @@ def test_resnet20_on_two_simulated_gpus(data_dir: Path, tmp_path: Path) -> None:
         # its uploaded weights, on both GPUs; the planted Lambda is refused and never runs.
         marker, info = make_model_files(tmp_path / "files")
         cnn = tmp_path / "files" / "cnn.keras"
-        uploaded = client.post("/models", files={"file": (cnn.name, cnn.read_bytes())})
+        # Each upload is checked by a child that imports TensorFlow: seconds, or tens of
+        # seconds beside a training on a loaded CPU (the check itself may take 120 s).
+        check = {"timeout": 150}
+        uploaded = client.post("/models", files={"file": (cnn.name, cnn.read_bytes())}, **check)
         assert uploaded.status_code == 201, uploaded.text
         planted = tmp_path / "files" / "lambda.keras"
-        refused = client.post("/models", files={"file": (planted.name, planted.read_bytes())})
+        lambda_file = {"file": (planted.name, planted.read_bytes())}
+        refused = client.post("/models", files=lambda_file, **check)
         assert refused.status_code == 422 and "'planted' is a Lambda" in refused.text
         own = {"model": uploaded.json()["id"], "init": "uploaded", "dataset": "digits"}
         own_id = client.post("/jobs", json={**own, "epochs": 1, "gpus": 2}).json()["id"]
