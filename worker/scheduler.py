@@ -42,7 +42,14 @@ from sqlalchemy.orm import Session
 from app.core import lifecycle
 from app.core.config import Settings
 from app.core.hosts import largest_host, live_hosts, needs_gpus, too_few_gpus
-from app.core.jobs import QUEUE_ORDER, QueuedJob, QueueKey, after_in_queue, queued_in_order
+from app.core.jobs import (
+    QUEUE_ORDER,
+    QueuedJob,
+    QueueKey,
+    after_in_queue,
+    queue_key,
+    queued_in_order,
+)
 from app.core.models import GpuLease, Host, Job, JobStatus, utcnow
 
 # pg_advisory_xact_lock key: one scheduling pass at a time across all workers.
@@ -306,7 +313,7 @@ class _Pass:
         rows = self.session.execute(query.order_by(*QUEUE_ORDER).limit(limit))
         # (`reason` is never NULL where it differs from the reason on record.)
         return [
-            _NewReason((-priority, job_id), job_id, why)
+            _NewReason(queue_key(priority, job_id), job_id, why)
             for job_id, priority, why in rows
             if why is not None
         ]

@@ -18,6 +18,10 @@ QUEUE_ORDER: tuple[UnaryExpression[int], ...] = (Job.priority.desc(), Job.id.asc
 QueueKey = tuple[int, int]
 
 
+def queue_key(priority: int, job_id: int) -> QueueKey:
+    return (-priority, job_id)
+
+
 class QueuedJob(NamedTuple):
     """What a scheduling pass needs of a queued job."""
 
@@ -30,7 +34,7 @@ class QueuedJob(NamedTuple):
 
     @property
     def key(self) -> QueueKey:
-        return (-self.priority, self.id)
+        return queue_key(self.priority, self.id)
 
 
 def after_in_queue(key: QueueKey) -> ColumnElement[bool]:
