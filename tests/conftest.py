@@ -292,8 +292,8 @@ def configure(
         # A queue of its own: a shared Redis never hands this test's jobs to anyone else.
         monkeypatch.setenv("TRAINYARD_QUEUE", f"trainyard-test-{uuid.uuid4().hex[:8]}")
         monkeypatch.setenv("TRAINYARD_CANCEL_GRACE_SECONDS", "5")
-        # The submission rate is kept per process by user id, and every test's users are
-        # 1, 2, 3: off here, on in the tests of the limit itself.
+        # Tests submit faster than the default rate allows: off here, on in the tests of
+        # the limit itself.
         monkeypatch.setenv("TRAINYARD_SUBMIT_RATE_PER_MINUTE", "0")
         clear_caches()
         if not from_template:

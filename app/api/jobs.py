@@ -13,7 +13,6 @@ from app.api.auth import UNAUTHORIZED, CurrentUser, current_user, require_owner_
 from app.api.datasets import field_error
 from app.api.deps import DecimalDigits, SessionDep
 from app.api.job_view import job_view, job_views
-from app.api.rate_limit import submissions
 from app.api.schemas import EpochOut, JobOut, JobPage
 from app.core import jobs as job_queries
 from app.core import lifecycle, retention
@@ -82,14 +81,6 @@ def submit_job(
         if earlier is not None:
             return _replay(session, earlier, spec, response)
     settings = get_settings()
-    rate = settings.submit_rate_per_minute
-    if rate and (wait := submissions.admit(user.id, rate)) is not None:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            f"{user.name} submitted {rate} jobs in the last minute, the limit "
-            f"(TRAINYARD_SUBMIT_RATE_PER_MINUTE); retry in {wait} s",
-            headers={"Retry-After": str(wait)},
-        )
     if spec.priority > 0 and not user.is_admin:
         raise field_error("priority", "only admins may set priority above 0", 403)
     dataset = get_dataset(session, spec.dataset, user) if isinstance(spec.dataset, int) else None
@@ -101,8 +92,20 @@ def submit_job(
     # Committed as queued; a worker's scheduling pass places it and sends it to its host.
     try:
         job = lifecycle.submit(
-            session, spec, user, idempotency_key, settings.max_active_jobs_per_user
+            session,
+            spec,
+            user,
+            idempotency_key,
+            settings.max_active_jobs_per_user,
+            settings.submit_rate_per_minute,
         )
+    except lifecycle.SubmitRateLimit as rate:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"{user.name} is submitting faster than {rate.per_minute} jobs a minute, the "
+            f"limit (TRAINYARD_SUBMIT_RATE_PER_MINUTE); retry in {rate.retry_after} s",
+            headers={"Retry-After": str(rate.retry_after)},
+        ) from rate
     except lifecycle.DatasetGone as gone:
         raise field_error("dataset", _no_dataset(spec.dataset)) from gone
     except lifecycle.ArchitectureGone as gone:

@@ -108,8 +108,8 @@ class Settings(BaseSettings):
     submit_rate_per_minute: int = Field(
         default=120,
         ge=0,
-        description="Job submissions one user may make per minute (per API process; over it: "
-        "429 with Retry-After); 0: no limit.",
+        description="Job submissions one user may make per minute, in bursts of up to as "
+        "many, counted across all API processes (over it: 429 with Retry-After); 0: no limit.",
     )
     max_body_bytes: int = Field(
         default=1024 * 1024,

@@ -22,6 +22,7 @@ their caller, who groups them (a scheduling pass, a reconciliation).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,7 +31,7 @@ from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core import events
+from app.core import events, submit_rate
 from app.core.db import rows_changed
 from app.core.jobs import job_for_key
 from app.core.models import (
@@ -83,6 +84,15 @@ class ArchitectureGone(Exception):
     """The uploaded architecture a submission names was deleted meanwhile."""
 
 
+class SubmitRateLimit(Exception):
+    """The owner submitted as fast as allowed; one more is admitted in `retry_after` s."""
+
+    def __init__(self, per_minute: int, retry_after: int) -> None:
+        super().__init__(f"over {per_minute} submissions a minute; retry in {retry_after} s")
+        self.per_minute = per_minute
+        self.retry_after = retry_after
+
+
 class ActiveJobLimit(Exception):
     """The owner already has `limit` queued, placed or running jobs."""
 
@@ -97,6 +107,7 @@ def submit(
     owner: User,
     idempotency_key: str | None = None,
     max_active: int = 0,
+    per_minute: int = 0,
 ) -> Job:
     """Store the job as queued (commits). With a key this owner already used, the job of that
     first submission is returned instead (also when two such requests race).
@@ -106,6 +117,11 @@ def submit(
     lock on SQLite), so the count and the insert of two racing submissions never interleave.
     Raises ActiveJobLimit, writing nothing, when the owner is at the limit.
 
+    `per_minute` (0: no limit) bounds how fast the owner submits (app/core/submit_rate.py):
+    the same UPDATE moves the rate's state on the owner's row. Raises SubmitRateLimit,
+    writing nothing, when the owner is over it; a submission refused for any reason does
+    not count.
+
     An uploaded dataset the job names is read under a share lock, which a concurrent
     `datasets.delete_dataset` (an update lock, then its check for active jobs) waits on or
     makes wait: the job is stored and its dataset kept, or DatasetGone is raised.
@@ -113,7 +129,19 @@ def submit(
     session.commit()  # end any read transaction: the lock below must start a fresh one
     # The owner's row lock also takes SQLite's one write lock before anything is read, so
     # what is read below cannot change before this transaction commits.
-    session.execute(update(User).where(User.id == owner.id).values(name=User.name))
+    lock = update(User).where(User.id == owner.id)
+    if per_minute:
+        now = time.time()  # wall clock: API processes compare it across the box
+        moved = submit_rate.moved(User.submit_tat, now, per_minute)
+        tat = session.scalar(
+            lock.values(submit_tat=moved).returning(User.submit_tat),
+            execution_options={"synchronize_session": False},
+        )
+        if tat is not None and (wait := submit_rate.retry_after(tat, now)) is not None:
+            session.rollback()
+            raise SubmitRateLimit(per_minute, wait)
+    else:
+        session.execute(lock.values(name=User.name))
     if isinstance(spec.dataset, int):
         locked = select(Dataset.id).where(Dataset.id == spec.dataset).with_for_update(read=True)
         if session.scalar(locked) is None:

@@ -100,6 +100,9 @@ class User(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The submission rate's state (app/core/submit_rate.py): Unix seconds, read and moved
+    # under the row lock every submission takes, so it holds across API processes.
+    submit_tat: Mapped[float | None] = mapped_column(Float)
 
 
 class Job(Base):

@@ -4,42 +4,127 @@ once. Over them: 429 with Retry-After, and nothing stored."""
 from __future__ import annotations
 
 import io
+import threading
+import time
 import zipfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api.rate_limit import SlidingWindow
 from app.core.config import get_settings
 from app.core.datasets import validation_slots
 from app.main import app
 from tests.conftest import bearer
+from tests.e2e.service import free_port, processes, service_env, wait_healthy
 
 
-def test_the_window_admits_a_rate_and_says_when_to_retry() -> None:
-    window = SlidingWindow(60)
-    assert [window.admit(1, 3, now=t) for t in (0, 10, 20)] == [None, None, None]
-    assert window.admit(1, 3, now=30) == 30  # the first event expires at 60
-    assert window.admit(2, 3, now=30) is None  # another user has a window of its own
-    assert window.admit(1, 3, now=60.5) is None
+@pytest.fixture
+def rate(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    def set_rate(per_minute: int) -> None:
+        monkeypatch.setenv("TRAINYARD_SUBMIT_RATE_PER_MINUTE", str(per_minute))
+        get_settings.cache_clear()
+
+    return set_rate
 
 
 def test_submissions_over_the_rate_are_429_with_retry_after(
-    tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    tokens: dict[str, str], rate: Callable[[int], None]
 ) -> None:
-    monkeypatch.setenv("TRAINYARD_SUBMIT_RATE_PER_MINUTE", "3")
-    get_settings.cache_clear()
-    monkeypatch.setattr("app.api.jobs.submissions", SlidingWindow())
+    rate(3)
     alice = TestClient(app, headers=bearer(tokens["alice"]))
     assert [alice.post("/jobs", json={"gpus": 0}).status_code for _ in range(3)] == [201] * 3
     refused = alice.post("/jobs", json={"gpus": 0})
     assert refused.status_code == 429
-    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # A burst of 3 used the minute up; the next is due 60/3 s after the burst.
+    assert 19 <= int(refused.headers["Retry-After"]) <= 20
     assert "TRAINYARD_SUBMIT_RATE_PER_MINUTE" in refused.json()["detail"]
     bob = TestClient(app, headers=bearer(tokens["bob"]))
     assert bob.post("/jobs", json={"gpus": 0}).status_code == 201
     assert alice.get("/jobs").json()["total"] == 4
+
+
+def test_after_a_burst_one_submission_is_admitted_per_interval(
+    tokens: dict[str, str], rate: Callable[[int], None]
+) -> None:
+    rate(30)  # bursts of 30, then one every 2 s
+    alice = TestClient(app, headers=bearer(tokens["alice"]))
+    codes = [alice.post("/jobs", json={"gpus": 0}).status_code for _ in range(31)]
+    assert codes == [201] * 30 + [429]
+    refused = alice.post("/jobs", json={"gpus": 0})
+    assert refused.status_code == 429
+    wait = int(refused.headers["Retry-After"])
+    assert 1 <= wait <= 2
+    time.sleep(wait)
+    assert alice.post("/jobs", json={"gpus": 0}).status_code == 201
+    assert alice.post("/jobs", json={"gpus": 0}).status_code == 429
+    assert alice.get("/jobs").json()["total"] == 31
+
+
+def test_racing_submissions_never_exceed_the_burst(
+    tokens: dict[str, str], rate: Callable[[int], None]
+) -> None:
+    rate(3)
+    alice = TestClient(app, headers=bearer(tokens["alice"]))
+    start = threading.Barrier(20)
+    codes: Counter[int] = Counter()
+
+    def submit() -> None:
+        start.wait()
+        codes[alice.post("/jobs", json={"gpus": 0}).status_code] += 1
+
+    threads = [threading.Thread(target=submit) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert codes == {201: 3, 429: 17}, codes
+    assert alice.get("/jobs").json()["total"] == 3
+
+
+def test_a_submission_refused_for_another_reason_does_not_count(
+    tokens: dict[str, str], rate: Callable[[int], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The active-job limit refuses in the transaction that moved the rate: it is taken back."""
+    monkeypatch.setenv("TRAINYARD_MAX_ACTIVE_JOBS_PER_USER", "1")
+    rate(3)
+    alice = TestClient(app, headers=bearer(tokens["alice"]))
+    first = alice.post("/jobs", json={"gpus": 0})
+    assert first.status_code == 201
+    for _ in range(3):
+        over = alice.post("/jobs", json={"gpus": 0})
+        assert over.status_code == 429
+        assert "TRAINYARD_MAX_ACTIVE_JOBS_PER_USER" in over.json()["detail"]
+    for _ in range(2):  # the second and third of the burst
+        assert alice.post(f"/jobs/{first.json()['id']}/cancel").status_code == 200
+        first = alice.post("/jobs", json={"gpus": 0})
+        assert first.status_code == 201
+    assert alice.post(f"/jobs/{first.json()['id']}/cancel").status_code == 200
+    refused = alice.post("/jobs", json={"gpus": 0})
+    assert "TRAINYARD_SUBMIT_RATE_PER_MINUTE" in refused.json()["detail"]
+
+
+def test_the_rate_holds_across_api_processes(
+    tokens: dict[str, str], db: Path, tmp_path: Path
+) -> None:
+    """Two `trainyard api` processes on one database: together they admit the rate once."""
+    ports = [free_port(), free_port()]
+    env = service_env(db, database_url=get_settings().database_url, submit_rate_per_minute="3")
+    commands = [["api", "--port", str(port)] for port in ports]
+    with processes(commands, env, tmp_path / "logs"):
+        bases = [f"http://127.0.0.1:{port}" for port in ports]
+        for base in bases:
+            wait_healthy(base)
+        headers = bearer(tokens["alice"])
+        codes = [
+            httpx.post(f"{bases[n % 2]}/jobs", json={"gpus": 0}, headers=headers).status_code
+            for n in range(5)
+        ]
+    assert codes == [201, 201, 201, 429, 429]
 
 
 def npz() -> bytes:
