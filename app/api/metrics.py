@@ -1,12 +1,17 @@
 """GET /metrics for Prometheus (prometheus-client's text format). What the box holds (jobs,
 GPUs, GPU-seconds per user, queue waits, epoch times, each host's scheduling pass) is read
-from the database at each scrape; HTTP request durations are this API process's own.
+from the database at each scrape; HTTP request durations are those of this API process, or of
+all the processes of one `trainyard api --workers N`.
 Scraping needs a bearer token like every route but /healthz (README: a scrape config)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -16,6 +21,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +30,11 @@ from app.api.auth import UNAUTHORIZED, current_user
 from app.core import metrics
 from app.core.db import get_session_factory
 from app.core.models import JobStatus, utcnow
+
+# Set by `trainyard api --workers N` for its workers (prometheus-client's multiprocess
+# mode): each process writes its samples to files there, and a scrape of any of them sums
+# every process's. Read at import, as prometheus-client itself does.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 REGISTRY = CollectorRegistry()
 REQUEST_SECONDS = Histogram(
@@ -89,7 +100,31 @@ class BoxCollector(Collector):
             yield passes
 
 
-REGISTRY.register(BoxCollector())
+BOX = BoxCollector()
+REGISTRY.register(BOX)
+
+
+@contextmanager
+def shared_between_processes() -> Iterator[None]:
+    """For the processes started inside: HTTP timings kept in a private temporary folder
+    that all of them read, removed at the end."""
+    folder = tempfile.mkdtemp(prefix="trainyard-metrics-")
+    os.environ[MULTIPROCESS_DIR] = folder
+    try:
+        yield
+    finally:
+        del os.environ[MULTIPROCESS_DIR]
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _registry() -> CollectorRegistry:
+    if MULTIPROCESS_DIR not in os.environ:
+        return REGISTRY
+    every_process = CollectorRegistry()
+    MultiProcessCollector(every_process)
+    every_process.register(BOX)
+    return every_process
+
 
 router = APIRouter(tags=["metrics"], dependencies=[Depends(current_user)], responses=UNAUTHORIZED)
 
@@ -100,8 +135,8 @@ router = APIRouter(tags=["metrics"], dependencies=[Depends(current_user)], respo
     responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
 )
 def get_metrics() -> Response:
-    """Prometheus metrics of the box and of this API process."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics of the box and of the API's processes."""
+    return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
 
 
 class RequestTimer:

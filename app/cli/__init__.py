@@ -28,15 +28,35 @@ HostOption = Annotated[str, typer.Option(help="Address the API listens on.")]
 PortOption = Annotated[int, typer.Option(help="Port the API listens on.")]
 
 
+WorkersOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        max=64,
+        help="API processes sharing the port (uvicorn workers): one process answers on one "
+        "core at a time, so a busy API wants about one per core.",
+    ),
+]
+
+
 @cli.command()
-def api(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
+def api(
+    host: HostOption = "127.0.0.1", port: PortOption = 8000, workers: WorkersOption = 1
+) -> None:
     """Apply migrations, then serve the REST API (production: one of several processes)."""
     import uvicorn
 
     from app.core.migrate import upgrade_database
 
     upgrade_database()
-    uvicorn.run("app.main:app", host=host, port=port, log_level="info")
+    if workers == 1:
+        uvicorn.run("app.main:app", host=host, port=port, log_level="info")
+        return
+    from app.api.metrics import shared_between_processes
+
+    # Each worker's request timings go to files that every worker's /metrics adds up.
+    with shared_between_processes():
+        uvicorn.run("app.main:app", host=host, port=port, log_level="info", workers=workers)
 
 
 @cli.command()

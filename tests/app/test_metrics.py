@@ -6,18 +6,23 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
+from app.core.config import get_settings
 from app.core.db import get_session_factory
 from app.core.models import Epoch, Host
 from app.main import app
 from tests.conftest import bearer, place_and_claim, register_test_host
+from tests.e2e.service import free_port, processes, service_env, wait_healthy
 
 
-def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(
+    client: TestClient | httpx.Client,
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     response = client.get("/metrics")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=")
@@ -72,3 +77,31 @@ def test_the_box_in_figures(client: TestClient) -> None:
     held = ("trainyard_gpu_seconds_total", (("user", "alice"),))
     grown = scrape(client)[held] - first[held]
     assert 0.9 <= grown <= 10
+
+
+def test_api_workers_share_one_port_and_their_request_timings(
+    tokens: dict[str, str], db: Path, tmp_path: Path
+) -> None:
+    """`trainyard api --workers 2`: two processes answer on one port, and a scrape, whichever
+    process answers it, counts the requests of both."""
+    port = free_port()
+    env = service_env(db, database_url=get_settings().database_url)
+    base = f"http://127.0.0.1:{port}"
+    healthz = (
+        "trainyard_http_request_duration_seconds_count",
+        (("method", "GET"), ("route", "/healthz"), ("status", "200")),
+    )
+    with processes([["api", "--port", str(port), "--workers", "2"]], env, tmp_path / "logs") as (
+        supervisor,
+    ):
+        wait_healthy(base)
+        children = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children").read_text()
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children.split()]
+        assert sum(b"spawn_main" in command for command in commands) == 2  # the workers
+        with httpx.Client(base_url=base, headers=bearer(tokens["alice"])) as first:
+            before = scrape(first)[healthz]
+        for _ in range(40):  # each on a new connection: the workers take turns at accepting
+            assert httpx.get(f"{base}/healthz").status_code == 200
+        for _ in range(4):
+            with httpx.Client(base_url=base, headers=bearer(tokens["alice"])) as scraper:
+                assert scrape(scraper)[healthz] == before + 40
