@@ -411,6 +411,38 @@ def test_with_no_gpu_host_up_a_pass_that_reads_the_front_decides_as_one_that_rea
     assert jobs[queue[4]][2] == "waits for a CPU slot"
 
 
+def test_a_cpu_slot_far_back_goes_to_the_next_cpu_job_when_a_cancel_wins_the_first(
+    owners: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass finds the first CPU jobs past the front; one of them is cancelled before the
+    pass places it. The pass loses that race (its conditional UPDATE changes nothing) and
+    gives the slot to the next CPU job instead of leaving it empty for a second."""
+    bob = owners["bob"]
+    register_test_host("small", gpus=1)  # too small for the front: it settles at once
+    submit(bob, 2), submit(bob, 2)
+    first_cpu, second_cpu = submit(bob, 0), submit(bob, 0)
+    cancelled: list[int] = []
+
+    def cancel_after_the_search(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if cancelled or "gpus = 0" not in statement or "LIMIT" not in statement:
+            return
+        with get_session_factory()() as other:  # a user's cancel, in its own transaction
+            found = other.get(Job, first_cpu)
+            assert found is not None and lifecycle.cancel(other, found)
+        cancelled.append(first_cpu)
+
+    monkeypatch.setattr(scheduler, "FIRST_READ", 2)
+    event.listen(get_engine(), "after_cursor_execute", cancel_after_the_search)
+    try:
+        placed = run_pass()
+    finally:
+        event.remove(get_engine(), "after_cursor_execute", cancel_after_the_search)
+    assert cancelled == [first_cpu]  # the search far back ran, and the cancel came after it
+    assert placed == {second_cpu: ()}
+    assert job(first_cpu).status == JobStatus.cancelled
+    assert job(second_cpu).host == "small"
+
+
 def test_a_front_that_does_not_settle_makes_the_pass_read_the_rest(
     owners: dict[str, int],
 ) -> None:
