@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sqlalchemy import ColumnElement, UnaryExpression, func, select
+from sqlalchemy import ColumnElement, Select, UnaryExpression, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from app.core.models import ACTIVE_STATUSES, QUEUED_ON_CPU, Epoch, Job, JobStatus, User
@@ -43,6 +43,21 @@ def after_in_queue(key: QueueKey) -> ColumnElement[bool]:
     return (Job.priority < priority) | ((Job.priority == priority) & (Job.id > job_id))
 
 
+def before_in_queue(key: QueueKey) -> ColumnElement[bool]:
+    """Jobs that come before the place `key` in QUEUE_ORDER."""
+    priority, job_id = -key[0], key[1]
+    return (Job.priority > priority) | ((Job.priority == priority) & (Job.id < job_id))
+
+
+def _from_place_to_place(first: QueueKey, last: QueueKey) -> ColumnElement[bool]:
+    """Jobs from the place `first` to the place `last` in QUEUE_ORDER, both included (each
+    bound an OR of two index ranges, which PostgreSQL reads as a BitmapOr)."""
+    (low, first_id), (high, last_id) = (-first[0], first[1]), (-last[0], last[1])
+    return ((Job.priority < low) | ((Job.priority == low) & (Job.id >= first_id))) & (
+        (Job.priority > high) | ((Job.priority == high) & (Job.id <= last_id))
+    )
+
+
 def queued_in_order(
     session: Session,
     *,
@@ -70,8 +85,14 @@ def queue_positions(session: Session, jobs: list[Job]) -> dict[int, int]:
         return {queued[0].id: queue_position(session, queued[0])}
     if not queued:
         return {}
-    place = func.row_number().over(order_by=QUEUE_ORDER).label("place")
-    ranked = select(Job.id, place).where(Job.status == JobStatus.queued).subquery()
+    # Counted up to the first of them, numbered from there to the last: the jobs of a page
+    # are mostly close together in the queue (the newest, at its back), and counting the
+    # queue ahead costs a third of numbering it.
+    keys = sorted(queue_key(job.priority, job.id) for job in queued)
+    ahead = _count_queued(before_in_queue(keys[0])).scalar_subquery()
+    place = (func.row_number().over(order_by=QUEUE_ORDER) + ahead).label("place")
+    span = _from_place_to_place(keys[0], keys[-1])
+    ranked = select(Job.id, place).where(Job.status == JobStatus.queued, span).subquery()
     ids = [job.id for job in queued]
     rows = session.execute(select(ranked.c.id, ranked.c.place).where(ranked.c.id.in_(ids)))
     return {int(job_id): int(position) for job_id, position in rows}
@@ -81,15 +102,12 @@ def queue_position(session: Session, job: Job) -> int:
     """A queued job's place: 1 + the queued jobs ahead of it, counted off the (status,
     priority, id) index. Numbering the whole queue to read one row cost as much as the rest
     of a submission at 10,000 queued."""
-    ahead = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(
-            Job.status == JobStatus.queued,
-            (Job.priority > job.priority) | ((Job.priority == job.priority) & (Job.id < job.id)),
-        )
-    )
+    ahead = session.scalar(_count_queued(before_in_queue(queue_key(job.priority, job.id))))
     return int(ahead or 0) + 1
+
+
+def _count_queued(where: ColumnElement[bool]) -> Select[int]:
+    return select(func.count()).select_from(Job).where(Job.status == JobStatus.queued, where)
 
 
 def last_epochs(session: Session, job_ids: list[int]) -> dict[int, Epoch]:

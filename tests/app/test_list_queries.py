@@ -62,3 +62,29 @@ def test_a_page_costs_the_same_queries_whatever_its_length(tokens: dict[str, str
     assert listed[ids[0]]["gpu_indices"] and listed[ids[0]]["current_epoch"] == 1
     assert listed[ids[3]]["status"] == "placed" and listed[ids[3]]["queue_position"] is None
     assert [listed[i]["queue_position"] for i in ids[4:7]] == [1, 2, 3]
+
+
+def test_every_page_shows_each_queued_job_at_its_place_in_the_queue(
+    tokens: dict[str, str],
+) -> None:
+    """Priorities mixed, some jobs ended, pages of every offset, with and without the status
+    filter: a page's queue positions (counted up to its first queued job, numbered from
+    there) are the places in the queue order, as a single job's count says too."""
+    root = TestClient(app, headers=bearer(tokens["root"]))
+    priorities = [0, 2, 0, 1, 0, 5, 2, 0, 0, 1, 3, 0, 2, 0, 0, 4, 0, 1, 0, 0]
+    ids = [root.post("/jobs", json={"gpus": 0, "priority": p}).json()["id"] for p in priorities]
+    for job_id in ids[2::5]:
+        assert root.post(f"/jobs/{job_id}/cancel").status_code == 200
+    queued = sorted(
+        (-p, job_id) for p, job_id in zip(priorities, ids, strict=True) if job_id not in ids[2::5]
+    )
+    expected = {job_id: place for place, (_, job_id) in enumerate(queued, start=1)}
+    for status in (None, "queued"):
+        for offset in range(0, len(ids), 6):
+            params: dict[str, Any] = {"limit": 6, "offset": offset}
+            if status:
+                params["status"] = status
+            for job in root.get("/jobs", params=params).json()["items"]:
+                assert job["queue_position"] == expected.get(job["id"]), job
+    for job_id in ids:
+        assert root.get(f"/jobs/{job_id}").json()["queue_position"] == expected.get(job_id)
