@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from sqlalchemy import ColumnElement, Select, UnaryExpression, func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from app.core.models import ACTIVE_STATUSES, QUEUED_ON_CPU, Epoch, Job, JobStatus, User
 
@@ -145,7 +145,8 @@ def job_for_key(session: Session, owner: User, idempotency_key: str) -> Job | No
 
 
 def get_job(session: Session, job_id: int) -> Job | None:
-    return session.get(Job, job_id)
+    # With its owner (the view shows the name) in the same query, not a second round trip.
+    return session.get(Job, job_id, options=[joinedload(Job.owner)])
 
 
 def list_jobs(

@@ -88,3 +88,19 @@ def test_every_page_shows_each_queued_job_at_its_place_in_the_queue(
                 assert job["queue_position"] == expected.get(job["id"]), job
     for job_id in ids:
         assert root.get(f"/jobs/{job_id}").json()["queue_position"] == expected.get(job_id)
+
+
+def test_reading_someone_elses_job_costs_no_extra_query_for_its_owner(
+    tokens: dict[str, str],
+) -> None:
+    """The job's owner comes in the job's own query: an admin reading alice's job issues as
+    many statements as alice does (the owner was a second round trip, lazily loaded)."""
+    alice = TestClient(app, headers=bearer(tokens["alice"]))
+    root = TestClient(app, headers=bearer(tokens["root"]))
+    job_id = alice.post("/jobs", json={"gpus": 0}).json()["id"]
+    issued = {}
+    for name, client in (("alice", alice), ("root", root)):
+        with counted_queries() as statements:
+            assert client.get(f"/jobs/{job_id}").json()["owner"] == "alice"
+        issued[name] = len(statements)
+    assert issued["root"] == issued["alice"], issued
