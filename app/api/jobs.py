@@ -89,6 +89,7 @@ def submit_job(
     _check_model(session, spec, user, dataset)
     if spec.gpus and (why := too_few_live_gpus(session, settings, utcnow(), spec.gpus)):
         raise field_error("gpus", f"no host can ever run this job: {why}")
+    who = user.name  # a refusal rolls back, which expires `user`: not read again after
     # Committed as queued; a worker's scheduling pass places it and sends it to its host.
     try:
         job = lifecycle.submit(
@@ -102,7 +103,7 @@ def submit_job(
     except lifecycle.SubmitRateLimit as rate:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            f"{user.name} is submitting faster than {rate.per_minute} jobs a minute, the "
+            f"{who} is submitting faster than {rate.per_minute} jobs a minute, the "
             f"limit (TRAINYARD_SUBMIT_RATE_PER_MINUTE); retry in {rate.retry_after} s",
             headers={"Retry-After": str(rate.retry_after)},
         ) from rate
@@ -113,7 +114,7 @@ def submit_job(
     except lifecycle.ActiveJobLimit as limit:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            f"{user.name} has {limit.limit} queued, placed or running jobs, the limit "
+            f"{who} has {limit.limit} queued, placed or running jobs, the limit "
             "(TRAINYARD_MAX_ACTIVE_JOBS_PER_USER); submit again when one ends",
         ) from limit
     if job.spec != spec.model_dump():  # a concurrent request with this key won the race

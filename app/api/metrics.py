@@ -33,13 +33,15 @@ from app.core.models import JobStatus, utcnow
 
 # Set by `trainyard api --workers N` for its workers (prometheus-client's multiprocess
 # mode): each process writes its samples to files there, and a scrape of any of them sums
-# every process's. Read at import, as prometheus-client itself does.
+# every process's. Read once, at import, as prometheus-client itself does.
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROCESS = MULTIPROCESS_DIR in os.environ
 
 REGISTRY = CollectorRegistry()
 REQUEST_SECONDS = Histogram(
     "trainyard_http_request_duration_seconds",
-    "Time to answer an HTTP request, by method, route template and status (this process).",
+    "Time to answer an HTTP request, by method, route template and status (this API "
+    "process, or every worker of one `trainyard api --workers N`).",
     ["method", "route", "status"],
     registry=REGISTRY,
 )
@@ -107,7 +109,11 @@ REGISTRY.register(BOX)
 @contextmanager
 def shared_between_processes() -> Iterator[None]:
     """For the processes started inside: HTTP timings kept in a private temporary folder
-    that all of them read, removed at the end."""
+    that all of them read, removed at the end (or in the operator's own
+    PROMETHEUS_MULTIPROC_DIR, left as it is)."""
+    if MULTIPROCESS_DIR in os.environ:
+        yield
+        return
     folder = tempfile.mkdtemp(prefix="trainyard-metrics-")
     os.environ[MULTIPROCESS_DIR] = folder
     try:
@@ -118,7 +124,7 @@ def shared_between_processes() -> Iterator[None]:
 
 
 def _registry() -> CollectorRegistry:
-    if MULTIPROCESS_DIR not in os.environ:
+    if not MULTIPROCESS:
         return REGISTRY
     every_process = CollectorRegistry()
     MultiProcessCollector(every_process)

@@ -108,6 +108,7 @@ def submit(
     idempotency_key: str | None = None,
     max_active: int = 0,
     per_minute: int = 0,
+    now: float | None = None,
 ) -> Job:
     """Store the job as queued (commits). With a key this owner already used, the job of that
     first submission is returned instead (also when two such requests race).
@@ -120,7 +121,7 @@ def submit(
     `per_minute` (0: no limit) bounds how fast the owner submits (app/core/submit_rate.py):
     the same UPDATE moves the rate's state on the owner's row. Raises SubmitRateLimit,
     writing nothing, when the owner is over it; a submission refused for any reason does
-    not count.
+    not count. `now` (Unix seconds) is the submission's time (default: the clock's).
 
     An uploaded dataset the job names is read under a share lock, which a concurrent
     `datasets.delete_dataset` (an update lock, then its check for active jobs) waits on or
@@ -131,7 +132,8 @@ def submit(
     # what is read below cannot change before this transaction commits.
     lock = update(User).where(User.id == owner.id)
     if per_minute:
-        now = time.time()  # wall clock: API processes compare it across the box
+        if now is None:
+            now = time.time()  # wall clock: API processes compare it across the box
         moved = submit_rate.moved(User.submit_tat, now, per_minute)
         tat = session.scalar(
             lock.values(submit_tat=moved).returning(User.submit_tat),

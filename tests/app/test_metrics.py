@@ -85,11 +85,13 @@ def test_api_workers_share_one_port_and_their_request_timings(
     """`trainyard api --workers 2`: two processes answer on one port, and a scrape, whichever
     process answers it, counts the requests of both."""
     port = free_port()
-    env = service_env(db, database_url=get_settings().database_url)
+    temporary = tmp_path / "tmp"  # where the workers' shared metric files go
+    temporary.mkdir()
+    env = service_env(db, database_url=get_settings().database_url) | {"TMPDIR": str(temporary)}
     base = f"http://127.0.0.1:{port}"
-    healthz = (
+    listed = (
         "trainyard_http_request_duration_seconds_count",
-        (("method", "GET"), ("route", "/healthz"), ("status", "200")),
+        (("method", "GET"), ("route", "/jobs"), ("status", "200")),
     )
     with processes([["api", "--port", str(port), "--workers", "2"]], env, tmp_path / "logs") as (
         supervisor,
@@ -98,10 +100,21 @@ def test_api_workers_share_one_port_and_their_request_timings(
         children = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children").read_text()
         commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children.split()]
         assert sum(b"spawn_main" in command for command in commands) == 2  # the workers
-        with httpx.Client(base_url=base, headers=bearer(tokens["alice"])) as first:
-            before = scrape(first)[healthz]
-        for _ in range(40):  # each on a new connection: the workers take turns at accepting
-            assert httpx.get(f"{base}/healthz").status_code == 200
-        for _ in range(4):
-            with httpx.Client(base_url=base, headers=bearer(tokens["alice"])) as scraper:
-                assert scrape(scraper)[healthz] == before + 40
+        # Each worker writes its own file once it has answered: wait until both have.
+        deadline = time.monotonic() + 60
+        while len(list(temporary.glob("trainyard-metrics-*/histogram_*.db"))) < 2:
+            assert time.monotonic() < deadline, "one worker answered no request"
+            assert httpx.get(f"{base}/healthz").status_code == 200  # a new connection each
+        alice = bearer(tokens["alice"])
+        for _ in range(20):
+            assert httpx.get(f"{base}/jobs", headers=alice).status_code == 200
+        # A request is counted just after its answer is sent: the last may need a moment.
+        counts = []
+        deadline = time.monotonic() + 10
+        while not counts or (counts[-1] != 20 and time.monotonic() < deadline):
+            with httpx.Client(base_url=base, headers=alice) as scraper:
+                counts.append(scrape(scraper).get(listed, 0))
+        for _ in range(4):  # and then every scrape, whichever worker answers it
+            with httpx.Client(base_url=base, headers=alice) as scraper:
+                counts.append(scrape(scraper).get(listed, 0))
+        assert counts[-5:] == [20] * 5, counts
