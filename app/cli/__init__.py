@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from types import FrameType
 from typing import Annotated
 
@@ -46,16 +47,13 @@ def api(
     """Apply migrations, then serve the REST API (production: one of several processes)."""
     import uvicorn
 
+    from app.api import metrics
     from app.core.migrate import upgrade_database
 
     upgrade_database()
-    if workers == 1:
-        uvicorn.run("app.main:app", host=host, port=port, log_level="info")
-        return
-    from app.api.metrics import shared_between_processes
-
-    # Each worker's request timings go to files that every worker's /metrics adds up.
-    with shared_between_processes():
+    # Several workers write their request timings to files that each one's /metrics adds up.
+    shared = metrics.shared_between_processes() if workers > 1 else nullcontext()
+    with shared:
         uvicorn.run("app.main:app", host=host, port=port, log_level="info", workers=workers)
 
 
