@@ -54,6 +54,7 @@ import httpx
 from sqlalchemy import Engine, create_engine, func, insert, make_url, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.core import job_tally
 from app.core.config import Settings
 from app.core.db import make_engine
 from app.core.heap import freeze_startup_objects
@@ -552,6 +553,9 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             start = time.perf_counter()
             rows, counts, leases = plan(jobs, queued, running, jobs * args.epochs_per_job, owners)
             seed(engine, rows, counts, leases)
+            with sessions() as session:  # as the passes that saw those jobs come would have
+                job_tally.fold(session)
+                session.commit()
             if backend == "postgresql":  # what autovacuum does to a table loaded long ago
                 with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
                     c.execute(text("SET statement_timeout = 0"))

@@ -136,8 +136,12 @@ def test_upgrades_keep_the_rows_of_an_existing_database(
             table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
             for table in ("users", "jobs", "epochs", "gpu_leases")
         }
+        tally = connection.execute(
+            text("SELECT status, priority, sum(delta) FROM job_tally GROUP BY status, priority")
+        ).all()
     engine.dispose()
     assert counts == {"users": 1, "jobs": 1, "epochs": 1, "gpu_leases": 1}
+    assert [tuple(row) for row in tally] == [("succeeded", 0, 1)]  # the jobs already there
 
 
 def test_the_other_tests_databases_are_at_the_migrations_head(db: Path) -> None:

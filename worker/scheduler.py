@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from app.core import lifecycle
+from app.core import job_tally, lifecycle
 from app.core.config import Settings
 from app.core.hosts import largest_host, live_hosts, needs_gpus, too_few_gpus
 from app.core.jobs import (
@@ -109,6 +109,7 @@ def schedule(session: Session, settings: Settings) -> list[Placement]:
         if frontier is not None:
             run.place_cpu_jobs_after(frontier)
         _note_waiting(session, run.reasons_to_write(frontier))
+    job_tally.fold(session)  # under the lock: one fold at a time
     session.commit()
     return run.placements
 

@@ -182,6 +182,23 @@ Index(
 )
 
 
+class JobTally(Base):
+    """Jobs counted by (status, priority): the sum of `delta` over the rows of a key is how
+    many jobs have it. Written only by the triggers on jobs (migration 0019), +1 for what a
+    job enters and -1 for what it leaves, and folded to one row per key by
+    app/core/job_tally.py."""
+
+    __tablename__ = "job_tally"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    status: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(Integer)
+    delta: Mapped[int] = mapped_column(Integer)
+
+
 class Epoch(Base):
     __tablename__ = "epochs"
     __table_args__ = (UniqueConstraint("job_id", "epoch"),)
