@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
 from pathlib import Path
 from pprint import pformat
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.exc import OperationalError
 
 from app.core.db import get_engine, make_engine
 from app.core.migrate import MIGRATIONS_DIR, alembic_config
@@ -142,6 +145,64 @@ def test_upgrades_keep_the_rows_of_an_existing_database(
     engine.dispose()
     assert counts == {"users": 1, "jobs": 1, "epochs": 1, "gpu_leases": 1}
     assert [tuple(row) for row in tally] == [("succeeded", 0, 1)]  # the jobs already there
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_jobs_written_while_the_tally_is_created_are_counted_once(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Before each statement of migration 0019 from its table on, another connection tries
+    to add a job. A job both counted among those there were and seen by the new triggers
+    would be counted twice: while the migration counts and creates the triggers, the writer
+    waits for its lock (and gives up here after 0.2 s)."""
+    url = (
+        f"sqlite:///{tmp_path / 'old.db'}"
+        if backend == "sqlite"
+        else str(request.getfixturevalue("postgres_url"))
+    )
+    command.upgrade(alembic_config(url), "0018")
+    args = {"timeout": 0.2} if backend == "sqlite" else {"options": "-c lock_timeout=200"}
+    writer = create_engine(url, connect_args=args)
+    with writer.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO users (id, name, is_admin, token_hash, created_at) "
+                "VALUES (1, 'alice', false, 'h', '2026-11-01')"
+            )
+        )
+    outcomes: list[str] = []
+
+    def add_a_job() -> None:
+        try:
+            with writer.begin() as connection:
+                connection.execute(
+                    text(
+                        "INSERT INTO jobs (owner_id, status, priority, spec, gpus, attempt, "
+                        "lost_runs, created_at, log_lines, log_dropped, events_dropped_upto) "
+                        "VALUES (1, 'queued', 0, '{}', 0, 0, 0, '2026-11-01', 0, 0, 0)"
+                    )
+                )
+            outcomes.append("added")
+        except OperationalError:
+            outcomes.append("waited")
+
+    def before(connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if connection.engine is not writer and re.search(r"job_tally|TRIGGER|LOCK", statement):
+            thread = threading.Thread(target=add_a_job)  # another connection, as a process
+            thread.start()
+            thread.join()
+
+    event.listen(Engine, "before_cursor_execute", before)
+    try:
+        command.upgrade(alembic_config(url), "0019")
+    finally:
+        event.remove(Engine, "before_cursor_execute", before)
+    with writer.connect() as connection:
+        jobs = connection.execute(text("SELECT count(*) FROM jobs")).scalar_one()
+        tally = connection.execute(text("SELECT sum(delta) FROM job_tally")).scalar_one()
+    writer.dispose()
+    assert "added" in outcomes and "waited" in outcomes, outcomes
+    assert tally == jobs
 
 
 def test_the_other_tests_databases_are_at_the_migrations_head(db: Path) -> None:

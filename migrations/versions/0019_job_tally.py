@@ -33,6 +33,10 @@ depends_on: str | Sequence[str] | None = None
 POSTGRES_FUNCTION = """
 CREATE FUNCTION trainyard_job_tally() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        DELETE FROM job_tally;
+        RETURN NULL;
+    END IF;
     IF TG_OP <> 'INSERT' THEN
         INSERT INTO job_tally (status, priority, delta) VALUES (OLD.status, OLD.priority, -1);
     END IF;
@@ -51,6 +55,9 @@ POSTGRES_TRIGGERS = (
     "CREATE TRIGGER jobs_tally_update AFTER UPDATE OF status, priority ON jobs FOR EACH ROW "
     "WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.priority IS DISTINCT FROM NEW.priority) "
     "EXECUTE FUNCTION trainyard_job_tally()",
+    # TRUNCATE (which fires no row triggers) empties the tally with the table.
+    "CREATE TRIGGER jobs_tally_truncate AFTER TRUNCATE ON jobs "
+    "FOR EACH STATEMENT EXECUTE FUNCTION trainyard_job_tally()",
 )
 _ADD = "INSERT INTO job_tally (status, priority, delta) VALUES ({0}.status, {0}.priority, {1});"
 SQLITE_TRIGGERS = (
@@ -59,6 +66,12 @@ SQLITE_TRIGGERS = (
     "CREATE TRIGGER jobs_tally_update AFTER UPDATE OF status, priority ON jobs "
     "WHEN OLD.status IS NOT NEW.status OR OLD.priority IS NOT NEW.priority "
     f"BEGIN {_ADD.format('OLD', -1)} {_ADD.format('NEW', 1)} END",
+)
+
+
+BACKFILL = (
+    "INSERT INTO job_tally (status, priority, delta) "
+    "SELECT status, priority, count(*) FROM jobs GROUP BY status, priority"
 )
 
 
@@ -77,23 +90,25 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_job_tally"),
         sqlite_autoincrement=True,
     )
+    # No job may change between the count of the jobs there are and the triggers: it would
+    # be counted twice, or not at all. PostgreSQL: writers to jobs wait from this lock to
+    # the commit. SQLite: the count's INSERT begins the transaction (Python's sqlite3 begins
+    # one before a write, not before CREATE) and takes the one write lock until the commit.
     if op.get_bind().dialect.name == "postgresql":
+        op.execute("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")
+        op.execute(BACKFILL)
         op.execute(POSTGRES_FUNCTION)
         for trigger in POSTGRES_TRIGGERS:
             op.execute(trigger)
     else:
+        op.execute(BACKFILL)
         for trigger in SQLITE_TRIGGERS:
             op.execute(trigger)
-    # After the triggers: creating them locks jobs against writes until this transaction
-    # commits (SQLite's migration holds its one write lock), so nothing is counted twice.
-    op.execute(
-        "INSERT INTO job_tally (status, priority, delta) "
-        "SELECT status, priority, count(*) FROM jobs GROUP BY status, priority"
-    )
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER jobs_tally_truncate ON jobs")
         op.execute("DROP TRIGGER jobs_tally_update ON jobs")
         op.execute("DROP TRIGGER jobs_tally ON jobs")
         op.execute("DROP FUNCTION trainyard_job_tally()")

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.core import job_tally, lifecycle
@@ -84,9 +84,13 @@ def test_every_change_of_a_job_is_counted(tokens: dict[str, str]) -> None:
         assert assert_exact(session)[("failed", 3)] == 1
         session.execute(delete(Job).where(Job.id == ids[1]))
         assert_exact(session)
+        truth = assert_exact(session)
         job_tally.fold(session)
-        assert assert_exact(session) == tallied(session)
-        assert session.scalar(select(func.count()).select_from(JobTally)) == len(counted(session))
+        assert assert_exact(session) == truth
+        assert session.scalar(select(func.count()).select_from(JobTally)) == len(truth)
+        if session.get_bind().dialect.name == "postgresql":  # no row triggers fire for it
+            session.execute(text("TRUNCATE jobs CASCADE"))
+            assert assert_exact(session) == {}
 
 
 def test_concurrent_submissions_cancels_and_folds_keep_the_count_exact(db: Path) -> None:
@@ -155,11 +159,16 @@ def test_a_place_counted_from_either_end_of_the_queue_is_the_same(db: Path) -> N
         priorities = [0, 2, 0, 1, 0, 0, 2, 0, 1, 0, 0, 0]
         jobs = [lifecycle.submit(session, JobSpec(gpus=0, priority=p), owner) for p in priorities]
         lifecycle.cancel(session, jobs[4])
-        job_tally.fold(session)
-        session.commit()
-        queue = sorted(
-            (queue_key(job.priority, job.id) for job in jobs if job is not jobs[4]),
-        )
-        for ahead, key in enumerate(queue):
-            for statement in (ahead_of_a_place(), ahead_of_a_place(from_the_back=2)):
-                assert session.scalar(statement, place_params(key)) == ahead
+        queue = sorted(queue_key(job.priority, job.id) for job in jobs if job is not jobs[4])
+        for folded in (False, True):
+            if folded:
+                job_tally.fold(session)
+                session.commit()
+            for ahead, key in enumerate(queue):
+                for statement in (ahead_of_a_place(), ahead_of_a_place(from_the_back=2)):
+                    assert session.scalar(statement, place_params(key)) == ahead
+            # The cancelled job's place, where no queued job is, has the jobs before it ahead.
+            cancelled = queue_key(jobs[4].priority, jobs[4].id)
+            assert session.scalar(ahead_of_a_place(2), place_params(cancelled)) == sum(
+                key < cancelled for key in queue
+            )
