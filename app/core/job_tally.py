@@ -19,6 +19,14 @@ def jobs_in(status: JobStatus | None) -> ScalarSelect[int]:
     return counted() if status is None else counted(JobTally.status == status)
 
 
+def by_status(session: Session) -> dict[str, int]:
+    """How many jobs are in each status (those with none may be missing)."""
+    rows = session.execute(
+        select(JobTally.status, func.sum(JobTally.delta)).group_by(JobTally.status)
+    )
+    return {status: int(jobs) for status, jobs in rows}
+
+
 def queued_above(priority: int | ColumnElement[int], *, or_at: bool = False) -> ScalarSelect[int]:
     """Queued jobs of a priority above `priority` (or at it, with `or_at`)."""
     bound = JobTally.priority >= priority if or_at else JobTally.priority > priority

@@ -53,11 +53,6 @@ def histogram(
     return HistogramCounts(list(zip(buckets, counts, strict=True)), int(row[-2]), float(row[-1]))
 
 
-def jobs_by_status(session: Session) -> dict[str, int]:
-    rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
-    return {status: count for status, count in rows}
-
-
 def queue_wait(session: Session) -> HistogramCounts:
     """From submission to the start of a job's (latest) run, over every job that started."""
     wait = seconds_between(session, Job.created_at, Job.started_at)
