@@ -353,8 +353,10 @@ def api_server(
     limits: bool,
     log: Path,
     extra_env: dict[str, str] | None = None,
+    repo: Path = REPO,
 ) -> Iterator[Server]:
-    """`trainyard api` in a subprocess on a free port (`extra_env`: more settings)."""
+    """`trainyard api` of the checkout at `repo` in a subprocess on a free port (`extra_env`:
+    more settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
     env.update(TRAINYARD_DATABASE_URL=database_url, TRAINYARD_DATA_DIR=str(data_dir))
     env.update(extra_env or {})
@@ -365,7 +367,7 @@ def api_server(
     with log.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "api", "--port", str(port)],
-            cwd=REPO,
+            cwd=repo,
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
