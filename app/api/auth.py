@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Protocol
 
+from anyio import to_thread
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.api.deps import SessionDep
+from app.core.db import read_session
 from app.core.models import User
 from app.core.users import user_for_token
 
@@ -25,25 +26,29 @@ AUTHENTICATED_USER = "trainyard_user"
 bearer = HTTPBearer(auto_error=False, description="A token from `trainyard user add`.")
 
 
-def current_user(
+async def current_user(
     request: Request,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> User:
+    """The token's holder. Not bound to the route's session: only its columns are read."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized(*MISSING_TOKEN)
     found = getattr(request.state, AUTHENTICATED_USER, None)
-    if found is not None:  # authenticated before its body was read, by this same token
-        return session.merge(found, load=False)
-    user = user_for_token(session, credentials.credentials)
-    # End the read transaction: its connection goes back to the pool while the route waits
-    # for a worker thread. Held, a burst of requests larger than the pool (event streams
-    # opening at once) left every thread waiting for a connection that only a request
-    # waiting for a thread could give back. (The session keeps `user`: nothing expires.)
-    session.commit()
-    if user is None:
+    if found is None:  # a request without a body, not yet authenticated
+        found = await to_thread.run_sync(token_holder, credentials.credentials)
+    if found is None:
         raise _unauthorized(*INVALID_TOKEN)
+    user: User = found
     return user
+
+
+def token_holder(token: str) -> User | None:
+    """The active user holding `token`, read in a session of its own that ends at once: no
+    connection is held while the request waits for its next worker thread (held, a burst of
+    requests larger than the pool, event streams opening at once, left every thread waiting
+    for a connection that only a request waiting for a thread could give back)."""
+    with read_session() as session:
+        return user_for_token(session, token)
 
 
 def _unauthorized(detail: str, challenge: str) -> HTTPException:

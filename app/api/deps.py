@@ -7,9 +7,9 @@ from fastapi import Depends
 from pydantic import BeforeValidator
 from sqlalchemy.orm import Session
 
-from app.core.db import session_scope
+from app.core.db import request_session
 
-SessionDep = Annotated[Session, Depends(session_scope)]
+SessionDep = Annotated[Session, Depends(request_session)]
 
 
 def _decimal_digits(value: Any) -> Any:

@@ -8,17 +8,9 @@ from anyio import to_thread
 from sqlalchemy.exc import OperationalError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.auth import AUTHENTICATED_USER, INVALID_TOKEN, MISSING_TOKEN
+from app.api.auth import AUTHENTICATED_USER, INVALID_TOKEN, MISSING_TOKEN, token_holder
 from app.api.errors import refuse_early
 from app.api.health import RETRY_AFTER, unavailable_detail
-from app.core.db import get_session_factory
-from app.core.models import User
-from app.core.users import user_for_token
-
-
-def _token_holder(token: str) -> User | None:
-    with get_session_factory()() as session:
-        return user_for_token(session, token)
 
 
 class AuthenticateBeforeBody:
@@ -36,7 +28,7 @@ class AuthenticateBeforeBody:
             detail, challenge = MISSING_TOKEN
         else:
             try:
-                user = await to_thread.run_sync(_token_holder, token.strip())
+                user = await to_thread.run_sync(token_holder, token.strip())
             except OperationalError as error:  # as app/api/health.py answers the routes
                 await refuse_early(send, 503, unavailable_detail(error), RETRY_AFTER)
                 return

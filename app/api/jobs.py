@@ -89,21 +89,25 @@ def submit_job(
     _check_model(session, spec, user, dataset)
     if spec.gpus and (why := too_few_live_gpus(session, settings, utcnow(), spec.gpus)):
         raise field_error("gpus", f"no host can ever run this job: {why}")
-    who = user.name  # a refusal rolls back, which expires `user`: not read again after
+    # A copy of `user` in the session (which holds it weakly: kept here), so that the answer
+    # names the owner without a query. A refusal rolls back, which expires the copy only.
+    owner = session.merge(user, load=False)
+    answer: list[JobOut] = []
     # Committed as queued; a worker's scheduling pass places it and sends it to its host.
     try:
         job = lifecycle.submit(
             session,
             spec,
-            user,
+            owner,
             idempotency_key,
             settings.max_active_jobs_per_user,
             settings.submit_rate_per_minute,
+            before_commit=lambda new: answer.append(job_view(session, new)),
         )
     except lifecycle.SubmitRateLimit as rate:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            f"{who} is submitting faster than {rate.per_minute} jobs a minute, the "
+            f"{user.name} is submitting faster than {rate.per_minute} jobs a minute, the "
             f"limit (TRAINYARD_SUBMIT_RATE_PER_MINUTE); retry in {rate.retry_after} s",
             headers={"Retry-After": str(rate.retry_after)},
         ) from rate
@@ -114,12 +118,12 @@ def submit_job(
     except lifecycle.ActiveJobLimit as limit:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            f"{who} has {limit.limit} queued, placed or running jobs, the limit "
+            f"{user.name} has {limit.limit} queued, placed or running jobs, the limit "
             "(TRAINYARD_MAX_ACTIVE_JOBS_PER_USER); submit again when one ends",
         ) from limit
-    if job.spec != spec.model_dump():  # a concurrent request with this key won the race
+    if not answer:  # a concurrent request with this key won the race
         return _replay(session, job, spec, response)
-    return job_view(session, job)
+    return answer[0]
 
 
 def _check_model(session: SessionDep, spec: JobSpec, user: User, dataset: Dataset | None) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from functools import lru_cache
 from typing import Any, cast
 
+from anyio import to_thread
 from sqlalchemy import CursorResult, Engine, Result, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import get_settings
@@ -26,7 +29,49 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, connect_args=POSTGRES_TIMEOUTS)
+    engine = create_engine(
+        url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, connect_args=POSTGRES_TIMEOUTS
+    )
+    _ping_when_idle(engine)
+    return engine
+
+
+# Connections kept open, and how many more a burst may open (closed again when returned).
+# Eight clients submitting at once kept a pool of 5 opening a new PostgreSQL connection (a
+# server process) for every tenth submission.
+POOL_SIZE = 10
+POOL_OVERFLOW = 20
+
+# A connection unused for this long is pinged before it is handed out (a database restart
+# or a dropped link in between would otherwise fail the request that gets it). One in
+# steady use is not: pinging every checkout cost a submission four round trips.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """pool_pre_ping, for connections idle over PING_AFTER_IDLE_SECONDS only. A failed ping
+    raises DisconnectionError: the pool then discards that connection and hands out another
+    (SQLAlchemy's documented checkout-event recipe)."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_LAST_USED] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _handed_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        last_used = record.info.get(_LAST_USED)
+        if last_used is None or time.monotonic() - last_used < PING_AFTER_IDLE_SECONDS:
+            return  # just opened, or just used
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            raise DisconnectionError(str(error)) from error
+        if not alive:
+            raise DisconnectionError("the connection failed its ping")
+
+
+_LAST_USED = "trainyard_last_used"
 
 
 # A database that drops packets must not hang a worker or the API: connecting gives up after
@@ -57,9 +102,37 @@ def get_session_factory() -> sessionmaker[Session]:
 
 
 def session_scope() -> Iterator[Session]:
-    """One session for the length of a request (the API's dependency) or a `with` block."""
+    """One session for the length of a `with` block."""
     with get_session_factory()() as session:
         yield session
+
+
+async def request_session() -> AsyncIterator[Session]:
+    """The API's session for one request. Closed in the event loop when the route left it
+    without a transaction (nothing to roll back: no I/O), else in a worker thread. A sync
+    generator dependency costs two thread hops per request, one for each end."""
+    session = get_session_factory()()
+    try:
+        yield session
+    finally:
+        if session.in_transaction():
+            await to_thread.run_sync(session.close)
+        else:
+            session.close()
+
+
+def read_session() -> Session:
+    """A session whose statements each commit on their own (autocommit): for a single
+    read, one round trip instead of three (BEGIN, the statement, ROLLBACK)."""
+    return _autocommit_sessions(get_engine())()
+
+
+@lru_cache(maxsize=4)
+def _autocommit_sessions(engine: Engine) -> sessionmaker[Session]:
+    # The same pool as the engine's: each checkout turns autocommit on, its return turns it
+    # off again (both client-side with psycopg and sqlite3).
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return sessionmaker(bind=autocommit, expire_on_commit=False)
 
 
 def rows_changed(result: Result[Any]) -> int:

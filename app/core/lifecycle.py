@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -109,9 +110,13 @@ def submit(
     max_active: int = 0,
     per_minute: int = 0,
     now: float | None = None,
+    before_commit: Callable[[Job], None] | None = None,
 ) -> Job:
     """Store the job as queued (commits). With a key this owner already used, the job of that
     first submission is returned instead (also when two such requests race).
+
+    `before_commit` is called with the new job in its transaction, just before the commit
+    (the API reads the job's answer there: a read after the commit is one more transaction).
 
     `max_active` (0: no limit) bounds the owner's active jobs, also under concurrency: the
     transaction first locks the owner's row (an UPDATE: a row lock on PostgreSQL, the write
@@ -127,7 +132,10 @@ def submit(
     `datasets.delete_dataset` (an update lock, then its check for active jobs) waits on or
     makes wait: the job is stored and its dataset kept, or DatasetGone is raised.
     """
-    session.commit()  # end any read transaction: the lock below must start a fresh one
+    if session.get_bind().dialect.name == "sqlite":
+        # End any read transaction: SQLite cannot turn one into a write transaction once
+        # another writer has committed. (PostgreSQL reads each statement below afresh.)
+        session.commit()
     # The owner's row lock also takes SQLite's one write lock before anything is read, so
     # what is read below cannot change before this transaction commits.
     lock = update(User).where(User.id == owner.id)
@@ -176,6 +184,8 @@ def submit(
     try:
         session.flush()  # its id, for the event; a reused Idempotency-Key fails here
         events.status(session, job.id, JobStatus.queued)
+        if before_commit is not None:
+            before_commit(job)
         session.commit()
     except IntegrityError:
         session.rollback()
