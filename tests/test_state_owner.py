@@ -12,8 +12,8 @@ OWNER = ROOT / "app" / "core" / "lifecycle.py"
 
 def writes_of_job_or_lease_state(tree: ast.AST) -> list[tuple[int, str]]:
     """(line, what) for every statement that sets a status or lease column, or builds a
-    lease row: `x.status = ...`, `.values(status=...)`, `Job(status=...)`, `GpuLease(...)`,
-    `released_at=...`."""
+    lease row: `x.status = ...`, `.values(status=...)`, `Job(status=...)`, a new row's
+    `new_row(..., status=...)`, `GpuLease(...)`, `released_at=...`."""
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
@@ -28,7 +28,7 @@ def writes_of_job_or_lease_state(tree: ast.AST) -> list[tuple[int, str]]:
                 found.append((node.lineno, "creates a GpuLease row"))
             for keyword in node.keywords:
                 if keyword.arg == "released_at" or (
-                    keyword.arg == "status" and name in ("values", "Job", "update")
+                    keyword.arg == "status" and name in ("values", "Job", "update", "new_row")
                 ):
                     found.append((node.lineno, f"{name}({keyword.arg}=...)"))
     return found
@@ -47,5 +47,5 @@ def test_only_lifecycle_writes_job_status_and_leases() -> None:
 def test_the_scan_sees_the_owners_own_writes() -> None:
     # The check is only as good as its patterns: they must find lifecycle's writes.
     kinds = {what for _, what in writes_of_job_or_lease_state(ast.parse(OWNER.read_text()))}
-    assert {"values(status=...)", "Job(status=...)", "creates a GpuLease row"} <= kinds
+    assert {"values(status=...)", "new_row(status=...)", "creates a GpuLease row"} <= kinds
     assert "values(released_at=...)" in kinds

@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import Any, cast
 
 from anyio import to_thread
-from sqlalchemy import CursorResult, Engine, Result, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, Table, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -133,6 +133,34 @@ def _autocommit_sessions(engine: Engine) -> sessionmaker[Session]:
     # off again (both client-side with psycopg and sqlite3).
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
     return sessionmaker(bind=autocommit, expire_on_commit=False)
+
+
+def table_of(mapped: type[Any]) -> Table:
+    """The table an ORM class maps (typed as a Table, for Core INSERTs)."""
+    table: Table = mapped.__table__
+    return table
+
+
+def new_row(table: Table, **given: Any) -> dict[str, Any]:
+    """Every column of a new row of `table` but its primary key: `given`, else the column's
+    default (None without one). Every column, so that an object built from the row has no
+    attribute to load. A column whose default is computed must be given."""
+    row = {}
+    for column in table.columns:
+        if column.key in given:
+            row[column.key] = given[column.key]
+        elif column.primary_key:
+            continue
+        elif column.default is None:
+            row[column.key] = None
+        elif column.default.is_scalar:
+            row[column.key] = column.default.arg  # type: ignore[attr-defined]
+        else:
+            raise ValueError(f"{table.name}.{column.key}: its default is computed; give it")
+    unknown = set(given) - set(row)
+    if unknown:
+        raise ValueError(f"{table.name} has no column {sorted(unknown)}")
+    return row
 
 
 def rows_changed(result: Result[Any]) -> int:

@@ -5,11 +5,13 @@ streams (app/api/events.py), which send the position as the event's id."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from app.core.db import new_row, table_of
 from app.core.models import TERMINAL_STATUSES, Job, JobEvent
 
 LOG_LINES_PER_EVENT = 200
@@ -23,6 +25,19 @@ def status(session: Session, job_id: int, new_status: str, **fields: Any) -> Non
         if value is not None:
             data[name] = str(value)[:MESSAGE_CHARS] if isinstance(value, str) else value
     session.add(JobEvent(job_id=job_id, kind="status", data=data, line_count=0))
+
+
+def status_now(session: Session, job_id: int, new_status: str, at: datetime) -> None:
+    """`status` with nothing more to say, inserted at once by a prebuilt statement instead
+    of at the next flush (a submission's path: the ORM's flush cost it more)."""
+    row = new_row(
+        _EVENTS, job_id=job_id, kind="status", data={"status": str(new_status)}, created_at=at
+    )
+    session.execute(_INSERT_EVENT, row)
+
+
+_EVENTS = table_of(JobEvent)
+_INSERT_EVENT = insert(_EVENTS)
 
 
 def epoch(session: Session, job_id: int, record: dict[str, Any]) -> None:

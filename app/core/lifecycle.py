@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from app.core import events, submit_rate
-from app.core.db import rows_changed
+from app.core.db import new_row, rows_changed, table_of
 from app.core.jobs import job_for_key
 from app.core.models import (
     ACTIVE_STATUSES,
@@ -171,19 +171,25 @@ def submit(
         if (active or 0) >= max_active:
             session.rollback()
             raise ActiveJobLimit(max_active)
-    job = Job(
+    row = new_row(
+        JOBS,
         name=spec.name,
         owner_id=owner.id,
         priority=spec.priority,
         status=JobStatus.queued,
         spec=spec.model_dump(),
-        attempt=0,
+        gpus=spec.gpus,
+        created_at=utcnow(),
         idempotency_key=idempotency_key,
     )
-    session.add(job)
     try:
-        session.flush()  # its id, for the event; a reused Idempotency-Key fails here
-        events.status(session, job.id, JobStatus.queued)
+        job_id = session.scalar(_INSERT_JOB, row)  # a reused Idempotency-Key fails here
+        events.status_now(session, job_id, JobStatus.queued, row["created_at"])
+        # The stored row, as a job in the session without reading it back (every column is
+        # set): the ORM's unit of work cost a submission more than both INSERTs.
+        job = Job(id=job_id, **row)
+        make_transient_to_detached(job)
+        session.add(job)
         if before_commit is not None:
             before_commit(job)
         session.commit()
@@ -194,6 +200,10 @@ def submit(
             raise
         return earlier
     return job
+
+
+JOBS = table_of(Job)
+_INSERT_JOB = insert(JOBS).returning(JOBS.c.id)
 
 
 def place(
