@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, joinedload
 
 from app.core.config import Settings
@@ -41,15 +41,19 @@ def too_few_live_gpus(session: Session, settings: Settings, now: datetime, need:
     """too_few_gpus of the live hosts, as one aggregate query: a submission checks it, and
     loading every host with its GPUs was a sixth of a submission's time."""
     cutoff = now - timedelta(seconds=settings.host_timeout_seconds)
-    counts = session.execute(
-        select(Host.name, func.count(Gpu.id))
-        .outerjoin(Gpu, Gpu.host == Host.name)
-        .where(Host.last_heartbeat >= cutoff)
-        .group_by(Host.name)
-    ).all()
+    counts = session.execute(_GPUS_OF_LIVE_HOSTS, {"cutoff": cutoff}).all()
     # Picked here, as largest_host picks: a database's collation may order names otherwise.
     largest = max(counts, key=lambda row: (row[1], row[0]), default=None)
     return None if largest is None else _too_few(largest[0], largest[1], need)
+
+
+# Built once: every submission of a GPU job runs it.
+_GPUS_OF_LIVE_HOSTS = (
+    select(Host.name, func.count(Gpu.id))
+    .outerjoin(Gpu, Gpu.host == Host.name)
+    .where(Host.last_heartbeat >= bindparam("cutoff"))
+    .group_by(Host.name)
+)
 
 
 def needs_gpus(need: int | str) -> str:

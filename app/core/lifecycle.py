@@ -28,7 +28,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
@@ -138,20 +148,16 @@ def submit(
         session.commit()
     # The owner's row lock also takes SQLite's one write lock before anything is read, so
     # what is read below cannot change before this transaction commits.
-    lock = update(User).where(User.id == owner.id)
     if per_minute:
         if now is None:
             now = time.time()  # wall clock: API processes compare it across the box
-        moved = submit_rate.moved(User.submit_tat, now, per_minute)
-        tat = session.scalar(
-            lock.values(submit_tat=moved).returning(User.submit_tat),
-            execution_options={"synchronize_session": False},
-        )
+        moving = {"owner": owner.id, "now": now, "interval": submit_rate.interval(per_minute)}
+        tat = session.scalar(_LOCK_OWNER_MOVING_RATE, moving)
         if tat is not None and (wait := submit_rate.retry_after(tat, now)) is not None:
             session.rollback()
             raise SubmitRateLimit(per_minute, wait)
     else:
-        session.execute(lock.values(name=User.name))
+        session.execute(_LOCK_OWNER, {"owner": owner.id})
     if isinstance(spec.dataset, int):
         locked = select(Dataset.id).where(Dataset.id == spec.dataset).with_for_update(read=True)
         if session.scalar(locked) is None:
@@ -163,11 +169,7 @@ def submit(
             session.rollback()
             raise ArchitectureGone(spec.model)
     if max_active:
-        active = session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.owner_id == owner.id, Job.status.in_(ACTIVE_STATUSES))
-        )
+        active = session.scalar(_ACTIVE_OF_OWNER, {"owner": owner.id})
         if (active or 0) >= max_active:
             session.rollback()
             raise ActiveJobLimit(max_active)
@@ -202,8 +204,30 @@ def submit(
     return job
 
 
+# A submission's statements, built once (building one cost about as much as running it).
 JOBS = table_of(Job)
 _INSERT_JOB = insert(JOBS).returning(JOBS.c.id)
+_USERS = table_of(User)
+_OWNER = _USERS.c.id == bindparam("owner", type_=Integer)
+# The owner's row lock: an UPDATE that changes nothing, or moves the submission rate.
+_LOCK_OWNER = update(_USERS).where(_OWNER).values(name=_USERS.c.name)
+_LOCK_OWNER_MOVING_RATE = (
+    update(_USERS)
+    .where(_OWNER)
+    .values(
+        submit_tat=submit_rate.moved(
+            _USERS.c.submit_tat,
+            bindparam("now", type_=Float),
+            bindparam("interval", type_=Float),
+        )
+    )
+    .returning(_USERS.c.submit_tat)
+)
+_ACTIVE_OF_OWNER = (
+    select(func.count())
+    .select_from(Job)
+    .where(Job.owner_id == bindparam("owner", type_=Integer), Job.status.in_(ACTIVE_STATUSES))
+)
 
 
 def place(

@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import math
 
-from sqlalchemy import ColumnElement, case, literal
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy import ColumnElement, case
 
 WINDOW_SECONDS = 60.0
 
 
 def moved(
-    tat: InstrumentedAttribute[float | None], now: float, per_minute: int
+    tat: ColumnElement[float | None], now: ColumnElement[float], interval: ColumnElement[float]
 ) -> ColumnElement[float]:
-    """The TAT after one more submission at `now` (a SQL expression of the stored one)."""
-    start = case((tat > now, tat), else_=literal(now))
-    return start + WINDOW_SECONDS / per_minute
+    """The TAT after one more submission at `now`, each taking `interval` seconds (SQL
+    expressions: the stored TAT's column, bound parameters)."""
+    return case((tat > now, tat), else_=now) + interval
+
+
+def interval(per_minute: int) -> float:
+    """Seconds one submission takes of the user's rate."""
+    return WINDOW_SECONDS / per_minute
 
 
 def retry_after(tat: float, now: float) -> int | None:
