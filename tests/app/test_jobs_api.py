@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from app.core import lifecycle
+from app.core import hosts, lifecycle
 from app.core.config import get_settings
 from app.core.db import get_session_factory
 from app.core.models import Host, Job, JobStatus
@@ -194,6 +195,26 @@ def test_more_gpus_than_the_largest_live_host_is_422_naming_it(client: TestClien
     register_test_host("lab-2", gpus=6)
     register_test_host("lab1", gpus=6)
     assert "the largest host lab1 has 6" in client.post("/jobs", json={"gpus": 7}).text
+
+
+def test_a_burst_of_gpu_jobs_reads_the_hosts_once_a_second(
+    client: TestClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def hosts_read(spec: dict[str, Any], status: int) -> bool:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="sqlalchemy.engine.Engine"):
+            response = client.post("/jobs", json=spec)
+        assert response.status_code == status, response.text
+        return any("FROM hosts" in record.getMessage() for record in caplog.records)
+
+    assert hosts_read({"gpus": 2}, 201)
+    # Within the second: a job the largest host (4 GPUs) can run is let in without a read.
+    assert not hosts_read({"gpus": 4}, 201) and not hosts_read({"gpus": 1}, 201)
+    assert hosts_read({"gpus": 5}, 422)  # a refusal is always read afresh
+    register_test_host("bigger", gpus=8)
+    assert hosts_read({"gpus": 5}, 201)
+    monkeypatch.setattr(hosts, "ENOUGH_REMEMBERED_SECONDS", 0.0)
+    assert hosts_read({"gpus": 1}, 201)  # a second later: read again
 
 
 def test_a_placed_job_shows_its_host_and_gpus(client: TestClient) -> None:
