@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -43,13 +44,14 @@ def too_few_live_gpus(session: Session, settings: Settings, now: datetime, need:
     """too_few_gpus of the live hosts, as one aggregate query: a submission checks it, and
     loading every host with its GPUs was a sixth of a submission's time.
 
-    A live host with enough GPUs is remembered for ENOUGH_REMEMBERED_SECONDS (per database):
-    a sweep submitting hundreds of jobs a second asks the same question each time, and the
-    query was a fifteenth of a submission's time. Only an answer that lets a job in is
-    reused: were that host lost meanwhile, the job waits for another, as a job submitted a
-    moment before the loss would. A refusal is always read afresh."""
+    What lets a job in is remembered for ENOUGH_REMEMBERED_SECONDS (per database): no live
+    host yet (the job waits for one), or the largest one's GPUs. A sweep submitting hundreds
+    of jobs a second asks the same question each time, and the query was a fifteenth of a
+    submission's time. Were the hosts to change meanwhile, a job let in waits for one that
+    can run it, as a job submitted a moment before the change would. A refusal is always
+    read afresh."""
     engine = session.get_bind()
-    remembered = _enough_gpus.get(engine)
+    remembered = _admitting.get(engine)
     if remembered is not None:
         since, gpus = remembered
         if need <= gpus and time.monotonic() - since < ENOUGH_REMEMBERED_SECONDS:
@@ -58,17 +60,15 @@ def too_few_live_gpus(session: Session, settings: Settings, now: datetime, need:
     counts = session.execute(_GPUS_OF_LIVE_HOSTS, {"cutoff": cutoff}).all()
     # Picked here, as largest_host picks: a database's collation may order names otherwise.
     largest = max(counts, key=lambda row: (row[1], row[0]), default=None)
-    if largest is None:
-        return None  # no host yet: the job waits for one (not remembered: one may be small)
-    why = _too_few(largest[0], largest[1], need)
+    why = None if largest is None else _too_few(largest[0], largest[1], need)
     if why is None:
-        _enough_gpus[engine] = (time.monotonic(), largest[1])
+        _admitting[engine] = (time.monotonic(), math.inf if largest is None else largest[1])
     return why
 
 
 ENOUGH_REMEMBERED_SECONDS = 1.0
-# Engine -> (when, on time.monotonic(); the largest live host's GPUs then).
-_enough_gpus: WeakKeyDictionary[Any, tuple[float, int]] = WeakKeyDictionary()
+# Engine -> (when, on time.monotonic(); the most GPUs a job may need to be let in).
+_admitting: WeakKeyDictionary[Any, tuple[float, float]] = WeakKeyDictionary()
 
 
 # Built once: every submission of a GPU job runs it.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -197,16 +198,25 @@ def test_more_gpus_than_the_largest_live_host_is_422_naming_it(client: TestClien
     assert "the largest host lab1 has 6" in client.post("/jobs", json={"gpus": 7}).text
 
 
-def test_a_burst_of_gpu_jobs_reads_the_hosts_once_a_second(
-    client: TestClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def hosts_read(spec: dict[str, Any], status: int) -> bool:
+def reads_hosts(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> Callable[[dict[str, Any], int], bool]:
+    """Submits a spec, asserts the status code, and tells whether the hosts were read."""
+
+    def submitted(spec: dict[str, Any], status: int) -> bool:
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="sqlalchemy.engine.Engine"):
             response = client.post("/jobs", json=spec)
         assert response.status_code == status, response.text
         return any("FROM hosts" in record.getMessage() for record in caplog.records)
 
+    return submitted
+
+
+def test_a_burst_of_gpu_jobs_reads_the_hosts_once_a_second(
+    client: TestClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hosts_read = reads_hosts(client, caplog)
     assert hosts_read({"gpus": 2}, 201)
     # Within the second: a job the largest host (4 GPUs) can run is let in without a read.
     assert not hosts_read({"gpus": 4}, 201) and not hosts_read({"gpus": 1}, 201)
@@ -215,6 +225,17 @@ def test_a_burst_of_gpu_jobs_reads_the_hosts_once_a_second(
     assert hosts_read({"gpus": 5}, 201)
     monkeypatch.setattr(hosts, "ENOUGH_REMEMBERED_SECONDS", 0.0)
     assert hosts_read({"gpus": 1}, 201)  # a second later: read again
+
+
+def test_with_no_live_host_yet_gpu_jobs_wait_and_the_answer_is_remembered(
+    tokens: dict[str, str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hosts_read = reads_hosts(TestClient(app, headers=bearer(tokens["alice"])), caplog)
+    assert hosts_read({"gpus": 2}, 201)  # queued: a host may join
+    assert not hosts_read({"gpus": 64}, 201)  # within the second: no read
+    register_test_host(gpus=4)
+    monkeypatch.setattr(hosts, "ENOUGH_REMEMBERED_SECONDS", 0.0)
+    assert hosts_read({"gpus": 64}, 422)  # read again: now a host says it can never run
 
 
 def test_a_placed_job_shows_its_host_and_gpus(client: TestClient) -> None:
