@@ -77,7 +77,7 @@ def submit_job(
 ) -> JobOut:
     """Submit a training job; it is queued and runs when a worker takes it."""
     if idempotency_key is not None:
-        earlier = job_queries.job_for_key(session, user, idempotency_key)
+        earlier = job_queries.job_for_key(session, user.id, idempotency_key)
         if earlier is not None:
             return _replay(session, earlier, spec, response)
     settings = get_settings()
@@ -121,9 +121,9 @@ def submit_job(
             f"{user.name} has {limit.limit} queued, placed or running jobs, the limit "
             "(TRAINYARD_MAX_ACTIVE_JOBS_PER_USER); submit again when one ends",
         ) from limit
-    if not answer:  # a concurrent request with this key won the race
-        return _replay(session, job, spec, response)
-    return answer[0]
+    if answer and answer[0].id == job.id:
+        return answer[0]
+    return _replay(session, job, spec, response)  # a concurrent request with this key won
 
 
 def _check_model(session: SessionDep, spec: JobSpec, user: User, dataset: Dataset | None) -> None:

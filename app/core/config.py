@@ -34,6 +34,22 @@ class Settings(BaseSettings):
         default="",
         description="SQLAlchemy URL; empty means a SQLite file under the data directory.",
     )
+    # Eight clients submitting at once kept a pool of 5 opening a new server process for
+    # every tenth submission.
+    database_pool_size: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="PostgreSQL connections each process keeps open.",
+    )
+    database_max_overflow: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="Connections a process may open beyond the pool in a burst (closed "
+        "when returned). Keep processes x (pool + overflow) under the server's "
+        "max_connections.",
+    )
     broker_url: str = Field(
         default="",
         description="Celery broker URL; empty means the embedded filesystem transport "

@@ -18,7 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from app.core.job_tally import jobs_in, queued_above
-from app.core.models import ACTIVE_STATUSES, QUEUED_ON_CPU, Epoch, Job, JobStatus, User
+from app.core.models import ACTIVE_STATUSES, QUEUED_ON_CPU, Epoch, Job, JobStatus
 
 # The order in which queued jobs are considered for a placement: priority, then submission.
 QUEUE_ORDER: tuple[UnaryExpression[int], ...] = (Job.priority.desc(), Job.id.asc())
@@ -170,9 +170,9 @@ def active_jobs_naming(session: Session, field: str, value: int) -> list[int]:
     return sorted(job_id for job_id, spec in active if spec.get(field) == value)
 
 
-def job_for_key(session: Session, owner: User, idempotency_key: str) -> Job | None:
+def job_for_key(session: Session, owner_id: int, idempotency_key: str) -> Job | None:
     return session.scalar(
-        select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key)
+        select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == idempotency_key)
     )
 
 

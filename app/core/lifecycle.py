@@ -142,6 +142,7 @@ def submit(
     `datasets.delete_dataset` (an update lock, then its check for active jobs) waits on or
     makes wait: the job is stored and its dataset kept, or DatasetGone is raised.
     """
+    owner_id = owner.id  # read now: a rollback expires `owner`, and reading it again is a query
     if session.get_bind().dialect.name == "sqlite":
         # End any read transaction: SQLite cannot turn one into a write transaction once
         # another writer has committed. (PostgreSQL reads each statement below afresh.)
@@ -151,13 +152,13 @@ def submit(
     if per_minute:
         if now is None:
             now = time.time()  # wall clock: API processes compare it across the box
-        moving = {"owner": owner.id, "now": now, "interval": submit_rate.interval(per_minute)}
+        moving = {"owner": owner_id, "now": now, "interval": submit_rate.interval(per_minute)}
         tat = session.scalar(_LOCK_OWNER_MOVING_RATE, moving)
         if tat is not None and (wait := submit_rate.retry_after(tat, now)) is not None:
             session.rollback()
             raise SubmitRateLimit(per_minute, wait)
     else:
-        session.execute(_LOCK_OWNER, {"owner": owner.id})
+        session.execute(_LOCK_OWNER, {"owner": owner_id})
     if isinstance(spec.dataset, int):
         locked = select(Dataset.id).where(Dataset.id == spec.dataset).with_for_update(read=True)
         if session.scalar(locked) is None:
@@ -169,14 +170,14 @@ def submit(
             session.rollback()
             raise ArchitectureGone(spec.model)
     if max_active:
-        active = session.scalar(_ACTIVE_OF_OWNER, {"owner": owner.id})
+        active = session.scalar(_ACTIVE_OF_OWNER, {"owner": owner_id})
         if (active or 0) >= max_active:
             session.rollback()
             raise ActiveJobLimit(max_active)
     row = new_row(
         JOBS,
         name=spec.name,
-        owner_id=owner.id,
+        owner_id=owner_id,
         priority=spec.priority,
         status=JobStatus.queued,
         spec=spec.model_dump(),
@@ -197,7 +198,7 @@ def submit(
         session.commit()
     except IntegrityError:
         session.rollback()
-        earlier = job_for_key(session, owner, idempotency_key) if idempotency_key else None
+        earlier = job_for_key(session, owner_id, idempotency_key) if idempotency_key else None
         if earlier is None:
             raise
         return earlier

@@ -62,11 +62,12 @@ def test_only_connections_idle_for_a_while_are_pinged(
         return ping(dbapi_connection)
 
     monkeypatch.setattr(engine.dialect, "do_ping", counted)
-    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.2)
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 60.0)
     for _ in range(20):
         backend_pid(engine)
     assert pings == []  # in steady use: no round trip before each request
-    time.sleep(0.3)
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.05)
+    time.sleep(0.1)
     backend_pid(engine)
     assert len(pings) == 1
 
@@ -75,8 +76,33 @@ def test_a_connection_that_died_while_idle_is_replaced_unseen(
     engine: Engine, postgres_admin: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.2)
+    monkeypatch.setattr(db, "_readable", lambda _fd: False)  # a silent drop: no notice
     first = backend_pid(engine)
-    with postgres_admin.connect() as admin:  # as a server restart ends every session
-        admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+    terminate(postgres_admin, [first])
     time.sleep(0.3)
     assert backend_pid(engine) != first  # answered, by a fresh connection
+
+
+def test_connections_in_steady_use_survive_a_server_restart_unseen(
+    engine: Engine, postgres_admin: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Used a moment ago, so not pinged for being idle: the notice each session gets as the
+    # server shuts down, waiting on its socket, is what tells.
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 60.0)
+    with engine.connect() as one, engine.connect() as two, engine.connect() as three:
+        before = {backend_pid_of(c) for c in (one, two, three)}
+    terminate(postgres_admin, sorted(before))  # as a restart ends every session
+    time.sleep(0.2)  # the notices arrive
+    with engine.connect() as one, engine.connect() as two, engine.connect() as three:
+        after = {backend_pid_of(c) for c in (one, two, three)}
+    assert not before & after  # every one replaced, and no request failed
+
+
+def backend_pid_of(connection: Any) -> int:
+    return int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def terminate(admin_engine: Engine, pids: list[int]) -> None:
+    with admin_engine.connect() as admin:
+        for pid in pids:
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})

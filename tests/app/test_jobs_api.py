@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from app.core import hosts, lifecycle
+from app.core import jobs as job_queries
 from app.core.config import get_settings
 from app.core.db import get_session_factory
 from app.core.models import Host, Job, JobStatus
@@ -121,6 +122,24 @@ def test_idempotency_key_makes_a_retried_submission_safe(
     assert too_long.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
 
 
+def test_a_key_whose_first_job_commits_during_the_request_replays_it(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A retry that checks its key just before the first request commits finds nothing,
+    # then fails on the key's unique constraint when it inserts: it answers as a replay.
+    spec = {"dataset": "digits", "epochs": 3, "gpus": 0}
+    first = client.post("/jobs", json=spec, headers={"Idempotency-Key": "race"}).json()
+    monkeypatch.setattr(job_queries, "job_for_key", lambda *_args: None)
+    again = client.post("/jobs", json=spec, headers={"Idempotency-Key": "race"})
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] == first["id"] and again.json()["owner"] == "alice"
+    assert again.headers["idempotent-replayed"] == "true"
+    changed = client.post("/jobs", json={**spec, "epochs": 4}, headers={"Idempotency-Key": "race"})
+    assert changed.status_code == 422
+    assert changed.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
+    assert job_count() == 1
+
+
 def test_seed_defaults_apply_to_an_empty_spec(client: TestClient) -> None:
     spec = client.post("/jobs", json={}).json()["spec"]
     assert (spec["gpus"], spec["epochs"], spec["lr"], spec["batch_size"]) == (1, 70, 0.005, 64)
@@ -217,6 +236,7 @@ def test_a_burst_of_gpu_jobs_reads_the_hosts_once_a_second(
     client: TestClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hosts_read = reads_hosts(client, caplog)
+    monkeypatch.setattr(hosts, "ENOUGH_REMEMBERED_SECONDS", 60.0)  # "a second", on a slow box
     assert hosts_read({"gpus": 2}, 201)
     # Within the second: a job the largest host (4 GPUs) can run is let in without a read.
     assert not hosts_read({"gpus": 4}, 201) and not hosts_read({"gpus": 1}, 201)
@@ -231,6 +251,7 @@ def test_with_no_live_host_yet_gpu_jobs_wait_and_the_answer_is_remembered(
     tokens: dict[str, str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hosts_read = reads_hosts(TestClient(app, headers=bearer(tokens["alice"])), caplog)
+    monkeypatch.setattr(hosts, "ENOUGH_REMEMBERED_SECONDS", 60.0)
     assert hosts_read({"gpus": 2}, 201)  # queued: a host may join
     assert not hosts_read({"gpus": 64}, 201)  # within the second: no read
     register_test_host(gpus=4)

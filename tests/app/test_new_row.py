@@ -4,6 +4,7 @@ job, inserted by a prebuilt statement) has nothing left to load from the databas
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import Column, Integer, MetaData, Table
 
 from app.core.db import new_row, table_of
 from app.core.models import Job, JobEvent
@@ -23,3 +24,15 @@ def test_a_computed_default_must_be_given() -> None:
 def test_an_unknown_column_is_refused() -> None:
     with pytest.raises(ValueError, match=r"jobs has no column \['stauts'\]"):
         new_row(table_of(Job), created_at="now", stauts="queued")
+
+
+def test_a_column_only_the_server_defaults_must_be_given() -> None:
+    table = Table(
+        "t",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("n", Integer, server_default="7"),
+    )
+    with pytest.raises(ValueError, match=r"t\.n: its default is the server's"):
+        new_row(table)
+    assert new_row(table, n=1) == {"n": 1}
