@@ -268,15 +268,26 @@ def _seed_postgresql(
 
 
 @contextmanager
-def fresh_database(backend: str, admin_url: str, workdir: Path, keep: bool) -> Iterator[str]:
-    """The URL of a new, empty database, dropped afterwards unless `keep`."""
+def fresh_database(
+    backend: str, admin_url: str, workdir: Path, keep: bool, template: str | None = None
+) -> Iterator[str]:
+    """The URL of a new database, empty or (PostgreSQL) a copy of `template`, which nobody
+    may be connected to; dropped afterwards unless `keep`."""
     if backend == "sqlite":
         yield f"sqlite:///{workdir / 'trainyard.db'}"
         return
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     name = f"trainyard_bench_{uuid.uuid4().hex[:10]}"
     with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
+        if template is None:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        else:
+            # Copied file by file (PostgreSQL 15 writes the whole copy to its WAL by
+            # default), then a checkpoint: what runs next has nothing of the copy to flush.
+            version = int(connection.execute(text("SHOW server_version_num")).scalar_one())
+            strategy = " STRATEGY FILE_COPY" if version >= 150000 else ""
+            connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"{strategy}'))
+            connection.execute(text("CHECKPOINT"))
     try:
         yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
@@ -284,6 +295,13 @@ def fresh_database(backend: str, admin_url: str, workdir: Path, keep: bool) -> I
             with admin.connect() as connection:
                 connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def poster_tokens(session: Session, clients: int, users: int, prefix: str) -> list[list[str]]:
+    """Tokens of `users` new users for each of `clients` POST clients."""
+    return [
+        [create_user(session, f"{prefix}-{k}-{u}")[1] for u in range(users)] for k in range(clients)
+    ]
 
 
 # ---------------------------------------------------------------- measuring
@@ -598,10 +616,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                 per_user = args.posts_per_user if limits else args.posts
                 users = math.ceil(args.posts / args.clients / per_user)
                 with sessions() as session:
-                    tokens = [
-                        [create_user(session, f"poster-{k}-{u}")[1] for u in range(users)]
-                        for k in range(args.clients)
-                    ]
+                    tokens = poster_tokens(session, args.clients, users, "poster")
                 with ExitStack() as more:
                     servers = [server] + [
                         more.enter_context(

@@ -26,48 +26,26 @@ import os
 import statistics
 import sys
 import tempfile
-import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from api_scale import api_server, post_throughput  # bench/, the script's own folder
-from sqlalchemy import create_engine, make_url, text
+from api_scale import (  # bench/, the script's own folder
+    api_server,
+    fresh_database,
+    post_throughput,
+    poster_tokens,
+)
 from sqlalchemy.orm import sessionmaker
 
 from app.core.db import make_engine
-from app.core.users import create_user
-
-
-@contextmanager
-def copy_of(admin_url: str, template: str) -> Iterator[str]:
-    """A new database made from `template` (which nobody may be connected to), dropped after."""
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"trainyard_post_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as connection:
-        # Copied file by file (PostgreSQL 15 writes the whole copy to its WAL by default),
-        # then a checkpoint: the run starts with nothing of the copy left to flush.
-        version = int(connection.execute(text("SHOW server_version_num")).scalar_one())
-        strategy = " STRATEGY FILE_COPY" if version >= 150000 else ""
-        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"{strategy}'))
-        connection.execute(text("CHECKPOINT"))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def one_run(url: str, checkout: Path, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     users = math.ceil(args.posts / args.clients / args.posts_per_user)
     engine = make_engine(url)
     with sessionmaker(bind=engine)() as session:
-        tokens = [
-            [create_user(session, f"rate-{k}-{u}")[1] for u in range(users)]
-            for k in range(args.clients)
-        ]
+        tokens = poster_tokens(session, args.clients, users, "rate")
     engine.dispose()
     data_dir = workdir / "data"
     with ExitStack() as stack:
@@ -101,7 +79,9 @@ def main() -> None:
         for k, checkout in enumerate(checkouts):
             with (
                 tempfile.TemporaryDirectory(prefix="trainyard-post-") as workdir,
-                copy_of(args.postgres_url, args.database) as url,
+                fresh_database(
+                    "postgresql", args.postgres_url, Path(workdir), False, args.database
+                ) as url,
             ):
                 result = one_run(url, checkout, args, Path(workdir))
             runs[k].append(result)

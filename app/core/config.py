@@ -19,6 +19,11 @@ def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("trainyard", appauthor=False))
 
 
+# The pool's defaults, also make_engine's for an engine made without the settings.
+DATABASE_POOL_SIZE = 10
+DATABASE_MAX_OVERFLOW = 10
+
+
 class Settings(BaseSettings):
     """Everything configurable, with the embedded defaults (SQLite, no broker server)."""
 
@@ -37,13 +42,13 @@ class Settings(BaseSettings):
     # Eight clients submitting at once kept a pool of 5 opening a new server process for
     # every tenth submission.
     database_pool_size: int = Field(
-        default=10,
+        default=DATABASE_POOL_SIZE,
         ge=1,
         le=1000,
         description="PostgreSQL connections each process keeps open.",
     )
     database_max_overflow: int = Field(
-        default=10,
+        default=DATABASE_MAX_OVERFLOW,
         ge=0,
         le=1000,
         description="Connections a process may open beyond the pool in a burst (closed "

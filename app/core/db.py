@@ -15,10 +15,12 @@ from sqlalchemy import CursorResult, Engine, Result, Table, create_engine, event
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.config import get_settings
+from app.core.config import DATABASE_MAX_OVERFLOW, DATABASE_POOL_SIZE, get_settings
 
 
-def make_engine(url: str, pool_size: int = 10, max_overflow: int = 10) -> Engine:
+def make_engine(
+    url: str, pool_size: int = DATABASE_POOL_SIZE, max_overflow: int = DATABASE_MAX_OVERFLOW
+) -> Engine:
     """An engine for `url`; SQLite gets WAL and a busy timeout, since API and worker share it.
     PostgreSQL: `pool_size` connections kept, `max_overflow` more in a burst."""
     if url.startswith("sqlite"):
