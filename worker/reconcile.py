@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app.core import lifecycle
 from app.core.config import Settings
 from app.core.hosts import live_hosts
-from app.core.models import Job, JobStatus, utcnow
+from app.core.models import Host, Job, JobStatus, utcnow
 from worker.procfs import boot_time, trainers_in
 from worker.scheduler import Placement
 
@@ -42,9 +42,7 @@ def reconcile(session: Session, settings: Settings) -> list[Placement]:
     for job in session.scalars(
         select(Job).where(Job.status == JobStatus.running, Job.heartbeat_at < silent)
     ):
-        # A host still heartbeating did not stop: its run went silent for another reason
-        # (it could not reach the database, its supervisor stopped it) and is not counted.
-        stopped = job.host not in live
+        stopped = not _outlived(live.get(job.host or ""), job, settings)
         why = f"its run on {job.host} stopped reporting" + ("" if stopped else " (host up)")
         lifecycle.lose_run(session, job, why, settings.max_lost_runs, host_stopped=stopped)
     stale = now - timedelta(seconds=settings.dispatch_timeout_seconds)
@@ -57,6 +55,21 @@ def reconcile(session: Session, settings: Settings) -> list[Placement]:
             resend.append(Placement(job.id, host.name, host.queue, ()))
     session.commit()
     return resend
+
+
+def _outlived(host: Host | None, job: Job, settings: Settings) -> bool:
+    """Whether `host` kept heartbeating well after `job`'s run went silent. Only then did the
+    run end for another reason than its host stopping (it could not reach the database, its
+    supervisor stopped it), and it is not counted as lost.
+
+    Being live is not enough: the host's heartbeat and the run's are written by separate
+    loops, so a host killed along with its run may have reported a moment after the run's
+    last heartbeat, and is still live for that moment after the run counts as silent.
+    """
+    if host is None or job.heartbeat_at is None:
+        return False
+    margin = timedelta(seconds=settings.host_timeout_seconds / 2)
+    return host.last_heartbeat - job.heartbeat_at > margin
 
 
 def recover_own_orphans(session: Session, settings: Settings) -> None:

@@ -195,6 +195,31 @@ def test_a_silent_run_on_a_live_host_is_requeued_without_counting(
     assert (requeued.status, requeued.lost_runs) == (JobStatus.queued, 0)
 
 
+def test_a_host_killed_with_its_run_counts_the_loss_while_it_still_looks_live(
+    owners: dict[str, int],
+) -> None:
+    # Worker killed: the host loop happened to report a moment after the supervisor's last
+    # run heartbeat, so the host is still within its timeout when the run turns silent.
+    register_test_host(gpus=1)
+    job_id = submit(owners["alice"], 1)
+    run_pass()
+    with get_session_factory()() as session:
+        assert lifecycle.claim(session, job_id, "test-host") is not None
+    settings = get_settings()
+    last_run_beat = utcnow() - timedelta(seconds=settings.host_timeout_seconds + 0.5)
+    with get_session_factory()() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=last_run_beat))
+        session.execute(
+            update(Host)
+            .where(Host.name == "test-host")
+            .values(last_heartbeat=last_run_beat + timedelta(seconds=1))
+        )
+        session.commit()
+        reconcile(session, settings)
+    lost = job(job_id)
+    assert (lost.status, lost.lost_runs) == (JobStatus.queued, 1)
+
+
 def test_a_live_run_is_left_alone(owners: dict[str, int]) -> None:
     register_test_host(gpus=2)
     job_id = submit(owners["alice"], 1)
