@@ -212,7 +212,9 @@ def test_a_host_killed_with_its_run_counts_the_loss_while_it_still_looks_live(
         session.execute(
             update(Host)
             .where(Host.name == "test-host")
-            .values(last_heartbeat=last_run_beat + timedelta(seconds=1))
+            .values(
+                last_heartbeat=last_run_beat + timedelta(seconds=settings.host_timeout_seconds / 10)
+            )
         )
         session.commit()
         reconcile(session, settings)
