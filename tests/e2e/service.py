@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,10 +31,35 @@ ONE_EPOCH_JOB = {
 }
 
 
+# Ports for the servers tests start, below Linux's ephemeral range (32768-60999 by default):
+# a port the kernel hands out for bind(0) can be taken by any outgoing connection, or by a
+# parallel test process, between the check and the server's own bind. Each xdist worker
+# takes its own block, and walks it from a random start (another suite may run beside).
+FIRST_TEST_PORT = 20000
+PORTS_PER_WORKER = 1000
+
+
+def _worker_ports() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = FIRST_TEST_PORT + (int(worker or 0) % 12) * PORTS_PER_WORKER
+    start = random.randrange(PORTS_PER_WORKER)
+    for step in itertools.count():
+        yield first + (start + step) % PORTS_PER_WORKER
+
+
+_ports = _worker_ports()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port on 127.0.0.1 that nothing holds now and that no other test will be given."""
+    for port in itertools.islice(_ports, PORTS_PER_WORKER):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("every port in this test process's block is taken")
 
 
 def service_env(data_dir: Path, **settings: str) -> dict[str, str]:

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.training
 
 # The zoo's MLP: epochs of about a second, and enough of them that the run is still going at
 # each interruption below (this test is about restarts, not the recipe).
-EPOCHS = 30
+EPOCHS = 14
 JOB = {
     "dataset": "synthetic",
     "model": "mlp",
