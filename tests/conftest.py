@@ -47,6 +47,21 @@ TEMPLATE_PREFIX = "trainyard_template_"
 STALE_TEMPLATE_SECONDS = 24 * 3600
 
 
+# Slow kinds of test first, in this order (the rest keep their order after them). pytest-xdist
+# hands each process a contiguous share of the list and lets an idle one steal from the
+# other's tail: with the long tests at the head, the last ones to run are short, so neither
+# process waits out a minute-long training the other started last.
+SLOW_FIRST = ("training", "chaos")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        marks = {mark.name for mark in item.iter_markers()}
+        return next((n for n, name in enumerate(SLOW_FIRST) if name in marks), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: each kind keeps its files' order
+
+
 def unavailable(what: str, why: object) -> NoReturn:
     if REQUIRE_SERVICES:
         pytest.fail(f"{what} is required here (TRAINYARD_TEST_REQUIRE_SERVICES=1): {why}")
