@@ -95,14 +95,17 @@ def live_namesake(session_factory: Callable[[], Session], settings: Settings) ->
     a dead predecessor and kill them.
 
     A fresh heartbeat alone proves nothing (a worker killed a moment ago left one), so this
-    watches the row for two heartbeat periods: only a live worker moves it.
+    watches the row for two heartbeat periods: only a live worker moves it. A host agent
+    heartbeats at the first pass due, and passes are `schedule_seconds` apart, so a period
+    lasts up to heartbeat_seconds + schedule_seconds (plus the pass itself).
     """
     name = settings.worker_name
     with session_factory() as session:
         seen = session.scalar(select(Host.last_heartbeat).where(Host.name == name))
     if seen is None or utcnow() - seen > timedelta(seconds=settings.host_timeout_seconds):
         return None
-    deadline = time.monotonic() + 2 * settings.heartbeat_seconds + 0.5
+    period = settings.heartbeat_seconds + settings.schedule_seconds
+    deadline = time.monotonic() + 2 * period + 0.5
     while time.monotonic() < deadline:
         time.sleep(min(0.25, settings.heartbeat_seconds / 4))
         with session_factory() as session:

@@ -30,7 +30,7 @@ from tests.conftest import register_test_host
 from tests.fake_trainer import FAKE, live_in_group, wait_until
 from worker.broker import RUN_JOB_TASK, make_celery
 from worker.host_agent import HostAgent
-from worker.inventory import host_queue
+from worker.inventory import host_queue, live_namesake
 from worker.procfs import boot_time
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -364,3 +364,25 @@ def test_job_fails_as_worker_lost_after_max_lost_runs(
     assert leases(job_id) == [(HOST, 0, False), (HOST, 0, False)]
     agent.schedule_once()  # a failed job is never placed again
     assert sent(celery, host_queue(agent.settings)) == []
+
+
+def test_a_namesake_is_seen_live_when_passes_are_further_apart_than_heartbeats(
+    celery: Celery,
+) -> None:
+    # The agent heartbeats only at a pass, a second apart here: a watch of two heartbeat
+    # periods (0.7 s) begun just after a heartbeat would end before the next one.
+    agent = agent_for(celery, heartbeat_seconds=0.1, schedule_seconds=1.0)
+    agent.start()
+    try:
+
+        def last_heartbeat() -> datetime | None:
+            with get_session_factory()() as session:
+                return session.scalar(select(Host.last_heartbeat).where(Host.name == HOST))
+
+        first = wait_until(last_heartbeat, 10, "the agent to register")
+        wait_until(lambda: last_heartbeat() != first, 10, "the agent's next heartbeat")
+        why = live_namesake(get_session_factory(), agent.settings)
+    finally:
+        agent.stop.set()
+        agent.join(timeout=10)
+    assert why is not None and f"a live worker already runs as host {HOST!r}" in why
