@@ -105,4 +105,5 @@ def backend_pid_of(connection: Any) -> int:
 def terminate(admin_engine: Engine, pids: list[int]) -> None:
     with admin_engine.connect() as admin:
         for pid in pids:
-            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            # Waits (up to 5 s) until the backend has exited, its notice sent.
+            admin.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})

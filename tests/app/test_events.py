@@ -154,10 +154,12 @@ def test_the_feed_of_all_jobs_follows_status_changes(api: httpx.Client) -> None:
     with api.stream("GET", "/events") as feed:
         # Submitted once the feed has answered (it starts after the newest event then), not
         # on a clock: on a busy machine the request could otherwise come after the job.
-        threading.Thread(target=submit_later).start()
+        submitter = threading.Thread(target=submit_later)
+        submitter.start()
         for event in sse(feed):
             seen.append(event)
             break
+    submitter.join()  # its event may come before its answer
     assert json.loads(seen[0]["data"]) == {"job_id": late[0], "status": "queued"}
     assert time.monotonic() - started < 10
 
@@ -237,7 +239,7 @@ def test_a_hundred_streams_opening_at_once_all_open_and_others_are_served(
                         pass
 
             tasks = [asyncio.create_task(follow()) for _ in range(count)]
-            await asyncio.wait_for(started.wait(), timeout=20)
+            await asyncio.wait_for(started.wait(), timeout=60)
             begin = time.monotonic()
             answer = await client.get(f"/jobs/{job_id}", headers={"Accept": "application/json"})
             took = time.monotonic() - begin
@@ -249,7 +251,7 @@ def test_a_hundred_streams_opening_at_once_all_open_and_others_are_served(
 
     opened, took = asyncio.run(burst())
     assert opened == count
-    assert took < 5
+    assert took < 10  # the stall this guards against lasted the pool's 30 s timeout
 
 
 def queued_jobs(owner: str, count: int) -> list[int]:

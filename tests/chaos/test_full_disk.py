@@ -48,7 +48,7 @@ def test_a_full_disk_fails_the_running_job_and_the_service_recovers(tmp_path: Pa
             database(f"sqlite:///{data_dir / 'trainyard.db'}") as db,
             api_client(base_url, token_of(data_dir)) as client,
         ):
-            wait_until(reserve_path(data_dir).exists, 10, "the worker's disk reserve")
+            wait_until(reserve_path(data_dir).exists, 60, "the worker's disk reserve")
             spec = {"dataset": "synthetic", "epochs": 100, "gpus": 1}
             doomed = client.post("/jobs", json=spec).json()["id"]
             wait_until(

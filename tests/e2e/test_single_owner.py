@@ -68,7 +68,8 @@ def test_sigkill_of_up_leaves_no_process_and_the_next_up_serves(
         assert len(family) >= 3, "API, worker and trainer should be running"
         first.send_signal(signal.SIGKILL)
         first.wait()
-        deadline = time.monotonic() + 5
+        # Each child is told by the kernel and shuts down cleanly: seconds, more on a loaded box.
+        deadline = time.monotonic() + 20
         while alive(family) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not alive(family), [p for p in processes() if p.pid in alive(family)]

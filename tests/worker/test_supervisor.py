@@ -432,10 +432,9 @@ def test_cancel_ends_the_whole_process_group_within_seconds(owner: User, runs: R
         assert running is not None and lifecycle.cancel(session, running)
     asked = time.monotonic()
     outcome = future.result(timeout=15)
-    # Noticed at the next heartbeat (1 s), then SIGTERM to the group; two seconds of slack
-    # for a loaded 2-core machine (2.1 s was seen there with a training running beside it,
-    # which the suite's two processes make the common case).
-    assert time.monotonic() - asked < 3.5 + GRACE
+    # Noticed at the next heartbeat (1 s), then SIGTERM to the group: seconds, not the 15 s
+    # above. 2.1 s was seen on a loaded 2-core machine with a training running beside it.
+    assert time.monotonic() - asked < 8 + GRACE
     assert outcome is not None and outcome.cancelled
     assert live_in_group(pgid) == []
     cancelled = job(job_id)
@@ -518,18 +517,25 @@ def test_unreachable_database_stops_the_run_and_the_reconciler_requeues_it(
 ) -> None:
     job_id = placed_job(owner, gpus=2)
     database = FlakyDatabase()
+    # Wider than the other tests' 4 s: the run gives up half of it after its last write,
+    # which leaves room for a loaded machine's delays before the bound checked below.
+    host_timeout = 8.0
     try:
-        settings = settings_for("started", "epoch:1", "child", "hang")
+        settings = settings_for(
+            "started", "epoch:1", "child", "hang", host_timeout_seconds=host_timeout
+        )
         future = runs.start(settings, job_id, database.factory)
         wait_for_epoch(job_id, 1)
         pgid = trainer_group(job_id, members=2)
         database.down.set()
+        # Once the run has had a statement refused, no write of its is still on its way.
+        wait_until(lambda: database.refused, host_timeout, "the run to try the database")
         last_heard = job(job_id).heartbeat_at  # nothing of the run's is written from here on
         assert last_heard is not None
-        wait_until(lambda: not live_in_group(pgid), 3 * HOST_TIMEOUT, "the trainer stopped")
+        wait_until(lambda: not live_in_group(pgid), 3 * host_timeout, "the trainer stopped")
         # Stopped before the reconciler may give the job to another run: within a host
         # timeout of its last heartbeat.
-        assert utcnow() < last_heard + timedelta(seconds=HOST_TIMEOUT)
+        assert utcnow() < last_heard + timedelta(seconds=host_timeout)
         database.down.clear()  # back before the run settles: it must still write nothing
         outcome = future.result(timeout=10)
         assert outcome is not None and outcome.lost_ownership
@@ -548,7 +554,7 @@ def test_unreachable_database_stops_the_run_and_the_reconciler_requeues_it(
 
     with get_session_factory()() as session:
         reconcile(session, settings)  # its heartbeat may be fresh still: nothing happens
-        silent = utcnow() - timedelta(seconds=HOST_TIMEOUT + 1)
+        silent = utcnow() - timedelta(seconds=host_timeout + 1)
         session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=silent))
         # Its host agent went on reporting all along (as it does once the database is back).
         session.execute(update(Host).where(Host.name == HOST).values(last_heartbeat=utcnow()))
@@ -608,7 +614,7 @@ def test_an_unreaped_zombie_in_the_group_does_not_hang_the_supervisor(
             running = session.get(Job, job_id)
             assert running is not None and lifecycle.cancel(session, running)
         wait_until(lambda: not live_in_group(pgid), 10, "the trainer's processes ended")
-        future.result(timeout=2 * GRACE + 1)
+        future.result(timeout=10)  # settled with the zombie still there
     finally:
         reaper.paused.clear()  # an init reaps the zombie at last: the supervisor returns
         future.result(timeout=10)
@@ -633,7 +639,7 @@ def test_log_lines_reach_the_database_while_the_trainer_runs(owner: User, runs: 
     settings = settings_for("started", "log:loading data", "log:bad\\x00byte " + "x" * 9000, "hang")
     runs.start(settings, job_id)
     # Shipped at least once a second, while the trainer still runs (it hangs here).
-    wait_until(lambda: len(stored_lines(job_id)) >= 3, 5, "three stored log lines")
+    wait_until(lambda: len(stored_lines(job_id)) >= 3, 20, "three stored log lines")
     lines = stored_lines(job_id)
     assert lines[0][0] == 1 and lines[0][1].startswith(f"=== attempt 1 on {HOST}")
     assert lines[1] == (1, "loading data")
@@ -779,12 +785,17 @@ def test_the_disk_reserve_lets_a_failure_be_recorded_on_a_full_disk(
         engine = make_engine(f"sqlite:///{moved}")
         factory = sessionmaker(bind=engine, expire_on_commit=False)
         settings = settings_for(
-            "started", "sleep:1", "failed:disk_full:no space left", "exit:5", data_dir=disk
+            "started", "sleep:2", "failed:disk_full:no space left", "exit:5", data_dir=disk
         )
         keep_reserve(disk)
         assert reserve_path(disk).exists()
         future = runs.start(settings, job_id, factory)
-        time.sleep(0.5)
+
+        def started() -> bool:
+            with factory() as session:
+                return bool(session.scalar(select(Job.replicas).where(Job.id == job_id)))
+
+        wait_until(started, 15, "the trainer's start recorded")
         fill(disk)  # while it trains: nothing can be written any more
         future.result(timeout=20)
         with factory() as session:
