@@ -17,7 +17,7 @@ from app.core.config import get_settings
 from app.core.db import get_engine, get_session_factory
 from app.core.models import Gpu, GpuLease, Host, Job, JobStatus, utcnow
 from app.core.users import create_user
-from tests.conftest import register_test_host
+from tests.conftest import place_and_claim, register_test_host
 from worker import scheduler
 from worker.reconcile import reconcile
 from worker.scheduler import schedule
@@ -55,6 +55,14 @@ def job(job_id: int) -> Job:
         found = session.get(Job, job_id)
         assert found is not None
         return found
+
+
+def running_on_test_host(owner: int, gpus: int, host_gpus: int) -> int:
+    """A job of `gpus` GPUs placed on test-host (`host_gpus` GPUs) and claimed there."""
+    register_test_host(gpus=host_gpus)
+    job_id = submit(owner, gpus)
+    place_and_claim(job_id)
+    return job_id
 
 
 def test_fifo_without_starvation(owners: dict[str, int]) -> None:
@@ -165,11 +173,7 @@ def silence(job_id: int, host_too: bool = True) -> None:
 
 
 def test_silent_run_is_requeued_and_its_gpus_freed(owners: dict[str, int]) -> None:
-    register_test_host(gpus=2)
-    job_id = submit(owners["alice"], 2)
-    run_pass()
-    with get_session_factory()() as session:
-        assert lifecycle.claim(session, job_id, "test-host") is not None
+    job_id = running_on_test_host(owners["alice"], 2, host_gpus=2)
     silence(job_id)
     with get_session_factory()() as session:
         reconcile(session, get_settings())
@@ -183,11 +187,7 @@ def test_a_silent_run_on_a_live_host_is_requeued_without_counting(
     owners: dict[str, int],
 ) -> None:
     # Its supervisor lost the database for a while and stopped it; the host never stopped.
-    register_test_host(gpus=1)
-    job_id = submit(owners["alice"], 1)
-    run_pass()
-    with get_session_factory()() as session:
-        assert lifecycle.claim(session, job_id, "test-host") is not None
+    job_id = running_on_test_host(owners["alice"], 1, host_gpus=1)
     silence(job_id, host_too=False)
     with get_session_factory()() as session:
         reconcile(session, get_settings().model_copy(update={"max_lost_runs": 1}))
@@ -200,11 +200,7 @@ def test_a_host_killed_with_its_run_counts_the_loss_while_it_still_looks_live(
 ) -> None:
     # Worker killed: the host loop happened to report a moment after the supervisor's last
     # run heartbeat, so the host is still within its timeout when the run turns silent.
-    register_test_host(gpus=1)
-    job_id = submit(owners["alice"], 1)
-    run_pass()
-    with get_session_factory()() as session:
-        assert lifecycle.claim(session, job_id, "test-host") is not None
+    job_id = running_on_test_host(owners["alice"], 1, host_gpus=1)
     settings = get_settings()
     last_run_beat = utcnow() - timedelta(seconds=settings.host_timeout_seconds + 0.5)
     with get_session_factory()() as session:
@@ -223,11 +219,8 @@ def test_a_host_killed_with_its_run_counts_the_loss_while_it_still_looks_live(
 
 
 def test_a_live_run_is_left_alone(owners: dict[str, int]) -> None:
-    register_test_host(gpus=2)
-    job_id = submit(owners["alice"], 1)
-    run_pass()
+    job_id = running_on_test_host(owners["alice"], 1, host_gpus=2)
     with get_session_factory()() as session:
-        assert lifecycle.claim(session, job_id, "test-host") is not None
         reconcile(session, get_settings())
     assert job(job_id).status == JobStatus.running
 
