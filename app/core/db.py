@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import select
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from functools import lru_cache
 from typing import Any, cast
 from weakref import WeakKeyDictionary
@@ -121,12 +121,6 @@ def get_engine() -> Engine:
 @lru_cache
 def get_session_factory() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
-
-
-def session_scope() -> Iterator[Session]:
-    """One session for the length of a `with` block."""
-    with get_session_factory()() as session:
-        yield session
 
 
 async def request_session() -> AsyncIterator[Session]:

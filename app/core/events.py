@@ -20,19 +20,23 @@ MESSAGE_CHARS = 2000
 
 def status(session: Session, job_id: int, new_status: str, **fields: Any) -> None:
     """A transition to `new_status` (with what explains it: reason, attempt, host, gpus)."""
-    data = {"status": str(new_status)}
+    data = _status_data(new_status, fields)
+    session.add(JobEvent(job_id=job_id, kind="status", data=data, line_count=0))
+
+
+def _status_data(new_status: str, fields: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {"status": str(new_status)}
     for name, value in fields.items():
         if value is not None:
             data[name] = str(value)[:MESSAGE_CHARS] if isinstance(value, str) else value
-    session.add(JobEvent(job_id=job_id, kind="status", data=data, line_count=0))
+    return data
 
 
 def status_now(session: Session, job_id: int, new_status: str, at: datetime) -> None:
     """`status` with nothing more to say, inserted at once by a prebuilt statement instead
     of at the next flush (a submission's path: the ORM's flush cost it more)."""
-    row = new_row(
-        _EVENTS, job_id=job_id, kind="status", data={"status": str(new_status)}, created_at=at
-    )
+    data = _status_data(new_status, {})
+    row = new_row(_EVENTS, job_id=job_id, kind="status", data=data, created_at=at)
     session.execute(_INSERT_EVENT, row)
 
 

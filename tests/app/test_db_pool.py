@@ -24,7 +24,7 @@ def engine(postgres_url: str) -> Any:
 
 def backend_pid(engine: Engine) -> int:
     with engine.connect() as connection:
-        return int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        return backend_pid_of(connection)
 
 
 def test_eight_concurrent_clients_keep_their_connections(engine: Engine) -> None:
@@ -37,8 +37,7 @@ def test_eight_concurrent_clients_keep_their_connections(engine: Engine) -> None
     def client() -> None:
         start.wait()
         for _ in range(25):
-            with engine.connect() as connection:
-                pid = int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            pid = backend_pid(engine)
             with lock:
                 pids.add(pid)
             time.sleep(0.005)  # a request's own work, between its reads and writes

@@ -41,6 +41,7 @@ PORTS_PER_WORKER = 1000
 
 def _worker_ports() -> Iterator[int]:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    # 12 blocks at most: the last ends at 32000, below the ephemeral range.
     first = FIRST_TEST_PORT + (int(worker or 0) % 12) * PORTS_PER_WORKER
     start = random.randrange(PORTS_PER_WORKER)
     for step in itertools.count():
